@@ -1,0 +1,52 @@
+"""Shared test fixtures: locations of the read-only reference data.
+
+Tests never copy these files into the project (MovieLens may not be
+redistributed); they read them in place and skip, with the reason, when the
+folder is absent (a user's machine has no ``../shared``).
+"""
+import os
+
+import pytest
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _shared_path(env_name, default_relative):
+  return os.path.abspath(
+      os.environ.get(env_name, os.path.join(PROJECT_ROOT, default_relative)))
+
+
+SHARED_DATA_DIR = _shared_path("PETERREC_SHARED_DATA", "../shared/data")
+GOLDEN_DIR = _shared_path("PETERREC_GOLDEN_DIR", "../shared/golden")
+DEMO_DIR = os.path.join(SHARED_DATA_DIR, "peterrec_demo")
+DEMO_CHECKPOINT_DIR = os.path.join(DEMO_DIR, "checkpoints")
+PRETRAIN_CHECKPOINT = os.path.join(DEMO_CHECKPOINT_DIR,
+                                   "model_nextitnet_transfer_pretrain.ckpt")
+CLOZE_CHECKPOINT = os.path.join(DEMO_CHECKPOINT_DIR, "model_nextitnet_cloze")
+DEMO_PRETRAIN_CSV = os.path.join(
+    DEMO_DIR, "history_sequences_20181014_fajie_transfer_pretrain_small.csv")
+DEMO_FINETUNE_CSV = os.path.join(
+    DEMO_DIR, "history_sequences_20181014_fajie_transfer_finetune_small.csv")
+
+
+def require_path(path, env_name="PETERREC_SHARED_DATA"):
+  """Returns `path`, or skips the calling test when it does not exist."""
+  if not os.path.exists(path):
+    pytest.skip("reference data not found at %s (set %s to its folder)" %
+                (path, env_name))
+  return path
+
+
+@pytest.fixture
+def shared_data_dir():
+  return require_path(SHARED_DATA_DIR)
+
+
+@pytest.fixture
+def golden_dir():
+  return require_path(GOLDEN_DIR, "PETERREC_GOLDEN_DIR")
+
+
+@pytest.fixture
+def demo_dir():
+  return require_path(DEMO_DIR)
