@@ -1,0 +1,118 @@
+"""Reading checkpoints and warm-starting graphs from them, BERT style."""
+import collections
+import re
+
+import tensorflow as tf
+
+_OPTIMIZER_SLOT = re.compile(r"(/Adam(_\d+)?$)|(^beta[12]_power(_\d+)?$)")
+_BOOKKEEPING = ("global_step",)
+
+
+def is_optimizer_variable(name):
+  """True for Adam slots (`.../Adam`, `.../Adam_1`) and `beta1/2_power`."""
+  return bool(_OPTIMIZER_SLOT.search(name))
+
+
+def model_variable_shapes(checkpoint):
+  """Model variables stored in a checkpoint, optimizer state left out.
+
+  Args:
+    checkpoint: checkpoint prefix or directory (its latest checkpoint).
+
+  Returns:
+    OrderedDict {name: list of ints}, sorted by name.
+  """
+  path = resolve_checkpoint(checkpoint)
+  shapes = collections.OrderedDict()
+  for name, shape in sorted(tf.train.list_variables(path)):
+    if is_optimizer_variable(name) or name in _BOOKKEEPING:
+      continue
+    shapes[name] = list(shape)
+  return shapes
+
+
+def resolve_checkpoint(checkpoint):
+  """A checkpoint prefix from a prefix or a directory; clear error if none."""
+  if tf.io.gfile.isdir(checkpoint):
+    latest = tf.train.latest_checkpoint(checkpoint)
+    if latest is None:
+      raise ValueError("No checkpoint found in directory %s" % checkpoint)
+    return latest
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    raise ValueError("Checkpoint %s does not exist (no %s.index)" %
+                     (checkpoint, checkpoint))
+  return checkpoint
+
+
+def variable_name(variable):
+  """`scope/name` without the `:0` suffix."""
+  return re.sub(r":\d+$", "", variable.name)
+
+
+def assignment_map_from_checkpoint(variables, checkpoint, exclude=None):
+  """Maps checkpoint names to graph variables present in both with one shape.
+
+  Args:
+    variables: list of tf.Variable (e.g. tf.compat.v1.trainable_variables()).
+    checkpoint: checkpoint prefix or directory.
+    exclude: optional predicate on a variable name; True keeps it out of the
+      map (e.g. PeterRec's `mp` patches).
+
+  Returns:
+    (assignment_map, restored_names): an OrderedDict {name: variable} for
+    `tf.compat.v1.train.init_from_checkpoint` and the set of mapped names.
+
+  Raises:
+    ValueError: when a variable present in both has a different shape; the
+      message names the variable and both shapes.
+  """
+  stored = model_variable_shapes(checkpoint)
+  assignment_map = collections.OrderedDict()
+  mismatches = []
+  for variable in variables:
+    name = variable_name(variable)
+    if name not in stored or (exclude is not None and exclude(name)):
+      continue
+    graph_shape = variable.shape.as_list()
+    if graph_shape != stored[name]:
+      mismatches.append("%s: checkpoint %s, graph %s" %
+                        (name, stored[name], graph_shape))
+      continue
+    assignment_map[name] = variable
+  if mismatches:
+    raise ValueError(
+        "Checkpoint %s does not fit this model (different sizes):\n  %s" %
+        (checkpoint, "\n  ".join(mismatches)))
+  return assignment_map, set(assignment_map)
+
+
+def check_shapes_match(checkpoint, expected_shapes):
+  """Raises ValueError naming every variable whose stored shape differs.
+
+  Args:
+    checkpoint: checkpoint prefix or directory.
+    expected_shapes: dict {name: shape} (e.g. modeling.backbone_variable_shapes).
+      Names absent from the checkpoint are reported as missing.
+  """
+  stored = model_variable_shapes(checkpoint)
+  problems = []
+  for name, shape in sorted(expected_shapes.items()):
+    if name not in stored:
+      problems.append("%s: missing from the checkpoint (expected %s)" %
+                      (name, list(shape)))
+    elif list(shape) != stored[name]:
+      problems.append("%s: checkpoint %s, configuration/data %s" %
+                      (name, stored[name], list(shape)))
+  if problems:
+    raise ValueError(
+        "Checkpoint %s does not match the configuration and data:\n  %s" %
+        (checkpoint, "\n  ".join(problems)))
+
+
+def log_variables(variables, restored_names, log_fn=None):
+  """Logs every variable with its shape, marking those warm-started."""
+  log_fn = log_fn or tf.compat.v1.logging.info
+  for variable in variables:
+    name = variable_name(variable)
+    mark = ", *INIT_FROM_CKPT*" if name in restored_names else ""
+    log_fn("  name = %s, shape = %s%s", name, variable.shape, mark)

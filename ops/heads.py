@@ -1,0 +1,191 @@
+"""Output heads and losses: NextItNet / GRec pretraining, PeterRec targets."""
+import tensorflow as tf
+
+from ops import layers
+
+TARGET_SCOPE = "target-item"
+TARGET_TABLE_NAME = "allitem_embeddings_target"
+TARGET_L2_SCALE = 0.02
+
+
+def softmax_variables(item_size, width, with_bias=True):
+  """The sampled-softmax output layer `softmax_w`, `softmax_b`.
+
+  `softmax_w` [item_size, width] ~ normal(0, 0.01); `softmax_b` [item_size]
+  constant 0.1. The non-causal PeterRec graph of the original creates
+  `softmax_w` only (`with_bias=False`).
+
+  Returns:
+    (softmax_w, softmax_b or None).
+  """
+  softmax_w = tf.compat.v1.get_variable(
+      "softmax_w", [item_size, width], tf.float32,
+      tf.compat.v1.random_normal_initializer(0.0, 0.01))
+  softmax_b = None
+  if with_bias:
+    softmax_b = tf.compat.v1.get_variable(
+        "softmax_b", [item_size], tf.float32,
+        tf.compat.v1.constant_initializer(0.1))
+  return softmax_w, softmax_b
+
+
+def default_num_sampled(item_size):
+  """The original's number of sampled negatives: 20% of the items."""
+  return int(0.2 * item_size)
+
+
+def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
+                         seed=None):
+  """Mean sampled-softmax loss with the log-uniform candidate sampler.
+
+  Args:
+    hidden: float32 Tensor [N, width], one row per predicted position.
+    labels: int Tensor [N], the true item of each row.
+    softmax_w: [item_size, width]; softmax_b: [item_size].
+    num_sampled: int, negatives per batch.
+    seed: optional op seed of the sampler.
+
+  Returns:
+    float32 scalar.
+  """
+  item_size = int(softmax_w.shape[0])
+  labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
+  losses = tf.compat.v1.nn.sampled_softmax_loss(
+      softmax_w, softmax_b, labels, hidden, num_sampled, item_size, seed=seed)
+  return tf.reduce_mean(losses)
+
+
+def full_softmax_logits(hidden, item_size, conv_implementation="atrous"):
+  """The full-softmax head: a 1x1 conv `logits` on relu(hidden).
+
+  Args:
+    hidden: float32 Tensor [batch_size, seq_length, width].
+    item_size: int.
+
+  Returns:
+    float32 Tensor [batch_size, seq_length, item_size].
+  """
+  return layers.conv1d(tf.nn.relu(hidden), item_size, name="logits",
+                       implementation=conv_implementation,
+                       reuse=tf.compat.v1.AUTO_REUSE)
+
+
+def full_softmax_loss(logits, labels):
+  """Mean softmax cross-entropy over every position.
+
+  Args:
+    logits: float32 [..., item_size]; labels: int [...] of the same prefix.
+  """
+  return tf.reduce_mean(
+      tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=tf.cast(labels, tf.int32), logits=logits))
+
+
+def output_logits(vectors, softmax_w, softmax_b):
+  """vectors @ softmax_w^T + softmax_b: float32 [N, item_size] from [N, width]."""
+  return tf.nn.bias_add(tf.matmul(vectors, softmax_w, transpose_b=True),
+                        softmax_b)
+
+
+def gather_indexes(sequence, positions):
+  """Gathers hidden states at given positions (GRec masked positions).
+
+  Args:
+    sequence: float32 Tensor [batch_size, seq_length, width].
+    positions: int32 Tensor [batch_size, num_positions].
+
+  Returns:
+    float32 Tensor [batch_size * num_positions, width].
+  """
+  batch_size, seq_length, width = layers.get_shape_list(sequence,
+                                                        expected_rank=3)
+  offsets = tf.reshape(tf.range(0, batch_size, dtype=tf.int32) * seq_length,
+                       [-1, 1])
+  flat_positions = tf.reshape(tf.cast(positions, tf.int32) + offsets, [-1])
+  flat_sequence = tf.reshape(sequence, [-1, width])
+  return tf.gather(flat_sequence, flat_positions)
+
+
+def l2_regularizer(scale):
+  """tf.contrib.layers.l2_regularizer(scale): scale * sum(w**2) / 2."""
+  def regularizer(weights):
+    return tf.multiply(scale, tf.nn.l2_loss(weights), name="l2_regularizer")
+  return regularizer
+
+
+def target_embedding_table(target_size, width, l2_scale=TARGET_L2_SCALE):
+  """`target-item/allitem_embeddings_target` [target_size, width].
+
+  Truncated normal, stddev 0.02, with the tf.contrib-style L2 regularizer,
+  which adds `l2_scale * sum(w**2) / 2` to the REGULARIZATION_LOSSES
+  collection.
+  """
+  with tf.compat.v1.variable_scope(TARGET_SCOPE):
+    return tf.compat.v1.get_variable(
+        TARGET_TABLE_NAME, [target_size, width],
+        initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.02),
+        regularizer=l2_regularizer(l2_scale))
+
+
+def target_logits(user_vectors, target_table, target_ids):
+  """Scores of one target per user: dot(user, target embedding).
+
+  Args:
+    user_vectors: float32 [batch_size, width].
+    target_table: float32 [target_size, width].
+    target_ids: int [batch_size].
+
+  Returns:
+    float32 [batch_size].
+  """
+  embeddings = tf.nn.embedding_lookup(target_table, target_ids)
+  return tf.reduce_sum(user_vectors * embeddings, axis=-1)
+
+
+def candidate_scores(user_vectors, target_table, candidate_ids):
+  """Scores of a list of candidates per user.
+
+  Args:
+    user_vectors: float32 [batch_size, width].
+    target_table: float32 [target_size, width].
+    candidate_ids: int [batch_size, num_candidates].
+
+  Returns:
+    float32 [batch_size, num_candidates].
+  """
+  embeddings = tf.nn.embedding_lookup(target_table, candidate_ids)
+  scores = tf.matmul(tf.expand_dims(user_vectors, 1), embeddings,
+                     transpose_b=True)
+  return tf.squeeze(scores, [1])
+
+
+def all_target_scores(user_vectors, target_table):
+  """Scores of every target: float32 [batch_size, target_size]."""
+  return tf.matmul(user_vectors, target_table, transpose_b=True)
+
+
+def bce_loss(pos_logits, neg_logits):
+  """The original's binary cross-entropy over one positive and one negative.
+
+  mean(-log(sigmoid(pos) + 1e-24) - log(1 - sigmoid(neg) + 1e-24)).
+  """
+  return tf.reduce_mean(
+      -tf.math.log(tf.sigmoid(pos_logits) + 1e-24) -
+      tf.math.log(1 - tf.sigmoid(neg_logits) + 1e-24))
+
+
+def bpr_loss(pos_logits, neg_logits):
+  """BPR: -mean(log sigmoid(pos - neg)), computed stably with log_sigmoid."""
+  return -tf.reduce_mean(tf.math.log_sigmoid(pos_logits - neg_logits))
+
+
+def regularization_loss():
+  """Mean of the REGULARIZATION_LOSSES collection (0 when it is empty).
+
+  The original adds `tf.reduce_mean(get_collection(REGULARIZATION_LOSSES))`.
+  """
+  losses = tf.compat.v1.get_collection(
+      tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES)
+  if not losses:
+    return tf.constant(0.0)
+  return tf.reduce_mean(tf.stack(losses))

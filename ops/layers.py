@@ -1,0 +1,214 @@
+"""Primitive layers of NextItNet / GRec / PeterRec, as in the original `ops.py`.
+
+Every function here is a small pure graph builder on `tf.compat.v1`: it
+creates its variables with `tf.compat.v1.get_variable` under the scope name of
+the original code, so checkpoints written by the original TF 1.7 code restore
+into these graphs and the other way round.
+"""
+import math
+
+import tensorflow as tf
+
+# The three ways to compute the same dilated convolution. All use the same
+# `weight` variable of shape [1, kernel_size, in_channels, out_channels] and
+# give the same outputs up to float32 rounding (tests check all three against
+# the golden files).
+#   atrous: tf.nn.atrous_conv2d, exactly the original (SpaceToBatch reshapes).
+#   conv2d: tf.nn.conv2d with `dilations`, no SpaceToBatch.
+#   matmul: the k shifted copies of the input concatenated on the channel axis
+#           and multiplied by the reshaped kernel: one GEMM, fastest on CPU.
+CONV_IMPLEMENTATIONS = ("atrous", "conv2d", "matmul")
+
+
+def get_shape_list(tensor, expected_rank=None, name=None):
+  """Returns the shape of `tensor`, static dimensions as ints, others as tensors.
+
+  Args:
+    tensor: a tf.Tensor.
+    expected_rank: optional int or list of ints; raises ValueError otherwise.
+    name: optional name used in the error message.
+
+  Returns:
+    A list with one entry per dimension.
+  """
+  if expected_rank is not None:
+    ranks = expected_rank if isinstance(expected_rank, (list, tuple)) else [
+        expected_rank]
+    actual = tensor.shape.ndims
+    if actual not in ranks:
+      raise ValueError("Tensor %s has rank %s, expected %s (shape %s)" %
+                       (name or tensor.name, actual, ranks, tensor.shape))
+  static = tensor.shape.as_list()
+  dynamic = tf.shape(tensor)
+  return [dim if dim is not None else dynamic[i] for i, dim in enumerate(static)]
+
+
+def conv1d(inputs, output_channels, dilation=1, kernel_size=1, causal=False,
+           name="dilated_conv", implementation="atrous", reuse=None):
+  """Dilated 1-D convolution over the time axis (original `ops.conv1d`).
+
+  Variables, in scope `name`: `weight` [1, kernel_size, C_in, output_channels]
+  (truncated normal, stddev 0.02, seed 1) and `bias` [output_channels] (zeros).
+
+  Causal: the input is left-padded with (kernel_size - 1) * dilation zeros and
+  convolved VALID, so output t sees inputs <= t. Non-causal: SAME padding
+  (for kernel 3: `dilation` zeros on each side).
+
+  Args:
+    inputs: float32 Tensor [batch_size, seq_length, C_in].
+    output_channels: int, C_out.
+    dilation: int dilation rate.
+    kernel_size: int kernel width.
+    causal: bool.
+    name: variable scope name.
+    implementation: one of CONV_IMPLEMENTATIONS.
+    reuse: passed to the variable scope (AUTO_REUSE to share the variables).
+
+  Returns:
+    float32 Tensor [batch_size, seq_length, output_channels].
+  """
+  if implementation not in CONV_IMPLEMENTATIONS:
+    raise ValueError("Unknown conv implementation %r, expected one of %s" %
+                     (implementation, CONV_IMPLEMENTATIONS))
+  in_channels = inputs.shape[-1]
+  with tf.compat.v1.variable_scope(name, reuse=reuse):
+    weight = tf.compat.v1.get_variable(
+        "weight", [1, kernel_size, in_channels, output_channels],
+        initializer=tf.compat.v1.truncated_normal_initializer(
+            stddev=0.02, seed=1))
+    bias = tf.compat.v1.get_variable(
+        "bias", [output_channels],
+        initializer=tf.compat.v1.constant_initializer(0.0))
+
+    if implementation == "matmul":
+      return _conv1d_as_matmul(inputs, weight, bias, dilation, kernel_size,
+                               causal)
+
+    if causal:
+      inputs = tf.pad(inputs, [[0, 0], [(kernel_size - 1) * dilation, 0],
+                               [0, 0]])
+      padding = "VALID"
+    else:
+      padding = "SAME"
+    expanded = tf.expand_dims(inputs, axis=1)
+    if implementation == "atrous":
+      out = tf.compat.v1.nn.atrous_conv2d(
+          expanded, weight, rate=dilation, padding=padding)
+    else:
+      out = tf.compat.v1.nn.conv2d(
+          expanded, weight, strides=[1, 1, 1, 1], padding=padding,
+          dilations=[1, 1, dilation, 1])
+    return tf.squeeze(out + bias, [1])
+
+
+def _conv1d_as_matmul(inputs, weight, bias, dilation, kernel_size, causal):
+  """The dilated convolution as one matrix product over shifted inputs.
+
+  Output t is sum_j x[t + j*d - pad_left] @ W[j]; stacking the k shifted views
+  on the channel axis turns this into [B*T, k*C_in] @ [k*C_in, C_out].
+  """
+  batch_size, seq_length, in_channels = get_shape_list(inputs, expected_rank=3)
+  output_channels = weight.shape[-1]
+  total_pad = (kernel_size - 1) * dilation
+  pad_left = total_pad if causal else total_pad // 2
+  if kernel_size == 1:
+    stacked = inputs
+  else:
+    padded = tf.pad(inputs, [[0, 0], [pad_left, total_pad - pad_left], [0, 0]])
+    shifted = [padded[:, j * dilation:j * dilation + seq_length, :]
+               for j in range(kernel_size)]
+    stacked = tf.concat(shifted, axis=-1)
+  flat = tf.reshape(stacked, [-1, kernel_size * in_channels])
+  kernel = tf.reshape(weight, [kernel_size * in_channels, output_channels])
+  out = tf.matmul(flat, kernel) + bias
+  return tf.reshape(out, [batch_size, seq_length, output_channels])
+
+
+def layer_norm(inputs, name, epsilon=1e-8, trainable=True):
+  """Layer normalization over the last axis (original `ops.layer_norm`).
+
+  Variables, in scope `name`: `beta` [C] (zeros) and `gamma` [C] (ones).
+
+  Args:
+    inputs: float32 Tensor [..., C].
+    name: variable scope name (`layer_norm1`, `layer_norm2`).
+    epsilon: added to the variance.
+    trainable: whether beta and gamma are trainable.
+
+  Returns:
+    float32 Tensor of the shape of `inputs`.
+  """
+  channels = int(inputs.shape[-1])
+  with tf.compat.v1.variable_scope(name):
+    beta = tf.compat.v1.get_variable(
+        "beta", [channels], initializer=tf.compat.v1.constant_initializer(0),
+        trainable=trainable)
+    gamma = tf.compat.v1.get_variable(
+        "gamma", [channels], initializer=tf.compat.v1.constant_initializer(1),
+        trainable=trainable)
+    mean, variance = tf.nn.moments(inputs, axes=[inputs.shape.ndims - 1],
+                                   keepdims=True)
+    normalized = (inputs - mean) / tf.sqrt(variance + epsilon)
+    # bias_add, not `+ beta`: the same sum, but it keeps TF 2.15's oneDNN
+    # remapper from matching its instance-norm fusion, which crashes the
+    # process ("CHECK failed: key not found: value") when gamma and beta are
+    # variables and a relu follows.
+    return tf.nn.bias_add(gamma * normalized, beta)
+
+
+def gelu(x):
+  """GELU, tanh approximation (as in BERT and the original `ops.gelu`).
+
+  Args:
+    x: float Tensor of any shape.
+
+  Returns:
+    Tensor of the same shape.
+  """
+  cdf = 0.5 * (1.0 + tf.tanh(
+      (math.sqrt(2 / math.pi) * (x + 0.044715 * tf.pow(x, 3)))))
+  return x * cdf
+
+
+def patch_hidden_size(channels, cardinality):
+  """Width of one patch branch: C // (4 * cardinality).
+
+  The original computes C / (cardinality * 4), an integer in Python 2; we use
+  integer division explicitly (docs/DEVIATIONS.md).
+  """
+  hidden_size = channels // (cardinality * 4)
+  if hidden_size < 1:
+    raise ValueError("cardinality %d is too large for %d channels: each patch "
+                     "branch would have %d/%d = 0 units" %
+                     (cardinality, channels, channels, cardinality * 4))
+  return hidden_size
+
+
+def get_mp(inputs, cardinality=1, name="mp", conv_implementation="atrous"):
+  """Model patch (adapter) of PeterRec (original `ops.get_mp`).
+
+  For i in range(cardinality): 1x1 conv `mp_conv1_down_{i}` to
+  C // (4 * cardinality) units -> GELU -> 1x1 conv `mp_conv1_up_{i}` back to C.
+  The branches are summed and added to the input. Cardinality 1 is the
+  ResNet-style patch, more is ResNeXt-style.
+
+  Args:
+    inputs: float32 Tensor [batch_size, seq_length, C].
+    cardinality: number of branches.
+    name: variable scope (`mp_1` or `mp_2`).
+    conv_implementation: see CONV_IMPLEMENTATIONS.
+
+  Returns:
+    float32 Tensor [batch_size, seq_length, C]: inputs + sum of branches.
+  """
+  with tf.compat.v1.variable_scope(name):
+    channels = int(inputs.shape[-1])
+    hidden_size = patch_hidden_size(channels, cardinality)
+    branches = []
+    for i in range(cardinality):
+      down = conv1d(inputs, hidden_size, name="mp_conv1_down_{}".format(i),
+                    implementation=conv_implementation)
+      up = conv1d(gelu(down), channels, name="mp_conv1_up_{}".format(i),
+                  implementation=conv_implementation)
+      branches.append(up)
+    return inputs + tf.add_n(branches)

@@ -1,0 +1,177 @@
+"""The NextItNet / GRec backbone and its configuration.
+
+`ModelConfig` holds what is needed to rebuild a backbone; pretraining writes
+it next to the checkpoint (`model_config.json`) so fine-tuning rebuilds the
+same network without repeating flags.
+"""
+import copy
+import dataclasses
+import json
+from typing import List
+
+import tensorflow as tf
+
+from ops import blocks
+from ops import layers
+
+CONFIG_FILENAME = "model_config.json"
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """Hyperparameters of the backbone (defaults: the original demo code)."""
+  item_size: int                      # item vocabulary size, incl. id 0 (<UNK>)
+  channels: int = 64                  # embedding width = residual channels C
+  dilations: List[int] = dataclasses.field(
+      default_factory=lambda: [1, 4, 1, 4, 1, 4, 1, 4])
+  kernel_size: int = 3
+  causal: bool = True                 # NextItNet (True) or GRec encoder (False)
+  has_positional_embedding: bool = False  # GRec option: concat, doubles C
+  max_position: int = 100             # rows of the positional table
+  conv_implementation: str = "matmul"  # see ops.layers.CONV_IMPLEMENTATIONS
+
+  @property
+  def hidden_size(self):
+    """Width of the hidden states (2C with the positional embedding)."""
+    return self.channels * (2 if self.has_positional_embedding else 1)
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  def to_json_string(self):
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+  @classmethod
+  def from_dict(cls, values):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError("Unknown ModelConfig keys: %s" % unknown)
+    return cls(**copy.deepcopy(values))
+
+  @classmethod
+  def from_json_file(cls, path):
+    with tf.io.gfile.GFile(path, "r") as reader:
+      return cls.from_dict(json.loads(reader.read()))
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+
+def item_embedding_table(item_size, channels, name="allitem_embeddings"):
+  """The item embedding table `allitem_embeddings` [item_size, channels].
+
+  Truncated normal, stddev 0.02, unseeded (as the original).
+  """
+  return tf.compat.v1.get_variable(
+      name, [item_size, channels],
+      initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.02))
+
+
+def positional_embedding(batch_size, seq_length, max_position, channels):
+  """Learned positional embedding of the GRec code, scope `dec_pos`.
+
+  Variable `dec_pos/lookup_table_position` [max_position, channels], created
+  with the default (Glorot uniform) initializer, no zero padding, no scaling.
+
+  Returns:
+    float32 Tensor [batch_size, seq_length, channels].
+  """
+  with tf.compat.v1.variable_scope("dec_pos"):
+    table = tf.compat.v1.get_variable("lookup_table_position",
+                                      [max_position, channels],
+                                      dtype=tf.float32)
+    positions = tf.tile(tf.expand_dims(tf.range(seq_length), 0),
+                        [batch_size, 1])
+    return tf.nn.embedding_lookup(table, positions)
+
+
+def backbone(item_ids, config, patch=None, cardinality=1, embedding_table=None):
+  """The stack of residual blocks over the item embeddings.
+
+  Args:
+    item_ids: int32 Tensor [batch_size, seq_length] (the context sequence).
+    config: ModelConfig.
+    patch: None, "serial" or "parallel" (PeterRec model patches).
+    cardinality: branches of each patch.
+    embedding_table: optional existing `allitem_embeddings` variable; created
+      at the current scope when None.
+
+  Returns:
+    (hidden, embedding_table): hidden is float32
+    [batch_size, seq_length, config.hidden_size], the output of the last block.
+  """
+  if embedding_table is None:
+    embedding_table = item_embedding_table(config.item_size, config.channels)
+  hidden = tf.nn.embedding_lookup(embedding_table, item_ids,
+                                  name="context_embedding")
+  if config.has_positional_embedding:
+    batch_size, seq_length = layers.get_shape_list(item_ids, expected_rank=2)
+    hidden = tf.concat([
+        hidden,
+        positional_embedding(batch_size, seq_length, config.max_position,
+                             config.channels)
+    ], axis=-1)
+  for layer_id, dilation in enumerate(config.dilations):
+    hidden = blocks.residual_block(
+        hidden, dilation, layer_id, config.kernel_size, causal=config.causal,
+        patch=patch, cardinality=cardinality,
+        conv_implementation=config.conv_implementation)
+  return hidden, embedding_table
+
+
+def backbone_variable_shapes(config, patch=None, cardinality=1):
+  """Names and shapes of the variables `backbone` creates, without a graph.
+
+  Used to compare a checkpoint with a configuration before building anything.
+
+  Returns:
+    dict {variable name: list of ints}.
+  """
+  shapes = {"allitem_embeddings": [config.item_size, config.channels]}
+  width = config.hidden_size
+  if config.has_positional_embedding:
+    shapes["dec_pos/lookup_table_position"] = [config.max_position,
+                                               config.channels]
+  for layer_id, dilation in enumerate(config.dilations):
+    scope = blocks.block_scope_name(layer_id, dilation)
+    for index in (1, 2):
+      shapes["%s/dilated_conv%d/weight" % (scope, index)] = [
+          1, config.kernel_size, width, width]
+      shapes["%s/dilated_conv%d/bias" % (scope, index)] = [width]
+      shapes["%s/layer_norm%d/beta" % (scope, index)] = [width]
+      shapes["%s/layer_norm%d/gamma" % (scope, index)] = [width]
+      if patch is not None:
+        hidden = layers.patch_hidden_size(width, cardinality)
+        for branch in range(cardinality):
+          prefix = "%s/mp_%d" % (scope, index)
+          shapes["%s/mp_conv1_down_%d/weight" % (prefix, branch)] = [
+              1, 1, width, hidden]
+          shapes["%s/mp_conv1_down_%d/bias" % (prefix, branch)] = [hidden]
+          shapes["%s/mp_conv1_up_%d/weight" % (prefix, branch)] = [
+              1, 1, hidden, width]
+          shapes["%s/mp_conv1_up_%d/bias" % (prefix, branch)] = [width]
+  return shapes
+
+
+def last_position(hidden):
+  """hidden[:, -1]: float32 [batch_size, C] from [batch_size, seq_length, C]."""
+  return hidden[:, -1, :]
+
+
+def user_representation(hidden, causal):
+  """The user vector fed to a PeterRec head.
+
+  Causal models use the `[CLS]` slot at the end; the non-causal classifier
+  adds the first and the last positions (both are `[CLS]`-like zeros).
+
+  Args:
+    hidden: float32 Tensor [batch_size, seq_length, C].
+    causal: bool.
+
+  Returns:
+    float32 Tensor [batch_size, C].
+  """
+  if causal:
+    return last_position(hidden)
+  return hidden[:, 0, :] + hidden[:, -1, :]
