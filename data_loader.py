@@ -1,0 +1,865 @@
+"""PeterRec data: CSV parsing, vocabulary, example rows and tf.data input.
+
+Two halves, both following SPEC section 1:
+
+* Pure Python / numpy, used by the TFRecord converter (`tfrecord_tools/`),
+  by tests and by the feed_dict benchmark: CSV readers, `Vocabulary` (the
+  `tf.contrib.learn` VocabularyProcessor semantics), the fine-tuning example
+  rows, the seed-10 train/test split and the subsession augmentation.
+* `input_fn` builders: `tf.data` pipelines over the fixed-length TFRecord
+  files the converter writes, with in-graph negative sampling
+  (`ops/sampling.py`), so that training never uses `feed_dict`.
+
+TFRecord layouts (int64 features, padded at write time):
+  pretraining: `itemseq` [seq_length]
+  fine-tuning: `source` [source_length], `target` [1]   (one example per
+               (user, non-zero target) pair)
+
+Fine-tuning rows (built in the graph from `source` and `target`):
+  causal:     [source..., 0, target]      length source_length + 2
+  non-causal: [0, source..., 0, target]   length source_length + 3
+The 0 before the target is the `[CLS]` slot.
+"""
+import collections
+import gzip
+import hashlib
+import json
+import os
+import re
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from ops import sampling
+
+UNK_TOKEN = "<UNK>"
+FINETUNE_SEPARATOR = ",,"
+# The tokenizer regex of tf.contrib.learn's VocabularyProcessor: keeps word
+# characters, "'" and "-" (so UUIDs stay whole) and splits CamelCase/ALLCAPS
+# runs. Each comma-separated field of our CSVs must be exactly one token.
+TOKEN_PATTERN = r"[A-Z]{2,}(?![a-z])|[A-Z][a-z]+(?=[A-Z])|[\'\w\-]+"
+TOKEN_RE = re.compile(TOKEN_PATTERN, re.UNICODE)
+
+PRETRAIN = "pretrain"
+FINETUNE = "finetune"
+KINDS = (PRETRAIN, FINETUNE)
+
+METADATA_FILE = "metadata.json"
+TRAIN_FILE = "train.tfrecord"
+TEST_FILE = "test.tfrecord"
+ITEM_VOCAB_FILE = "item_vocab.txt"
+TARGET_VOCAB_FILE = "target_vocab.txt"
+FORMAT_VERSION = 1
+
+DEFAULT_SHUFFLE_BUFFER = 10000
+
+
+class DatasetError(ValueError):
+  """A missing, empty or inconsistent input/output file or directory."""
+
+
+class DataFormatError(DatasetError):
+  """A malformed input line. The message names the file and line, shows it."""
+
+  def __init__(self, path, line_number, reason, line=None):
+    self.path = path
+    self.line_number = line_number
+    self.reason = reason
+    self.line = line
+    message = "%s, line %d: %s" % (path, line_number, reason)
+    if line is not None:
+      shown = repr(line[:300]) + ("..." if len(line) > 300 else "")
+      message += "\n  line %d: %s" % (line_number, shown)
+    super(DataFormatError, self).__init__(message)
+
+
+# ---------------------------------------------------------------------------
+# Reading text files (.gz transparently)
+# ---------------------------------------------------------------------------
+
+
+def check_input_file(path, what="input file"):
+  """Raises DatasetError unless `path` is an existing, non-empty file."""
+  if not os.path.exists(path):
+    raise DatasetError("%s not found: %s" % (what, path))
+  if os.path.isdir(path):
+    raise DatasetError("%s is a directory, expected a file: %s" % (what, path))
+  if os.path.getsize(path) == 0:
+    raise DatasetError("%s is empty: %s" % (what, path))
+
+
+def iter_text_lines(path, progress_fn=None, encoding="utf-8",
+                    progress_every=50000):
+  """Yields (line_number, text) for each line of a text file.
+
+  Gzip files (by their magic bytes, whatever the name) are decompressed on
+  the fly. `text` has its trailing "\\r\\n" removed. Lines are decoded one by
+  one, so undecodable bytes are reported with their line number.
+
+  Args:
+    path: file name.
+    progress_fn: optional callable(lines_read, bytes_read, total_bytes),
+      called every `progress_every` lines and at the end; bytes are bytes of
+      the file on disk (compressed bytes for .gz).
+    encoding: text encoding, UTF-8 by default.
+    progress_every: lines between two progress_fn calls.
+
+  Raises:
+    DatasetError: missing or empty file, or a corrupt gzip stream.
+    DataFormatError: a line that is not valid `encoding`.
+  """
+  check_input_file(path)
+  total_bytes = os.path.getsize(path)
+  raw = open(path, "rb")
+  try:
+    is_gzip = raw.read(2) == b"\x1f\x8b"
+    raw.seek(0)
+    stream = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
+    line_number = 0
+    try:
+      for data in stream:
+        line_number += 1
+        try:
+          text = data.decode(encoding)
+        except UnicodeDecodeError as e:
+          raise DataFormatError(
+              path, line_number,
+              "undecodable bytes (not %s) at byte %d of the line" %
+              (encoding, e.start), data.rstrip(b"\r\n"))
+        yield line_number, text.rstrip("\r\n")
+        if progress_fn is not None and line_number % progress_every == 0:
+          progress_fn(line_number, raw.tell(), total_bytes)
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile: an OSError.
+      raise DatasetError("cannot read %s after line %d: %s" %
+                         (path, line_number, e))
+    if line_number == 0:
+      raise DatasetError("input file is empty: %s" % path)
+    if progress_fn is not None:
+      progress_fn(line_number, total_bytes, total_bytes)
+  finally:
+    raw.close()
+
+
+def file_sha1(path):
+  """Hex SHA-1 of a file's bytes (as stored, not decompressed)."""
+  digest = hashlib.sha1()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# CSV parsing
+# ---------------------------------------------------------------------------
+
+
+def split_fields(text, what, path="<string>", line_number=0, line=None):
+  """Splits a comma-separated list of tokens and checks every token.
+
+  Each field (surrounding spaces stripped) must be exactly one token of
+  TOKEN_RE: then the original's regex tokenisation of the whole line gives
+  the same tokens, one per field. A field like "a b", "x;y", "AB12" (two
+  regex tokens) or "<x>" (none) would silently change the sequence in the
+  original and is an error here.
+
+  Args:
+    text: the comma-separated part of a line.
+    what: a name for error messages ("sequence", "source sequence", ...).
+    path, line_number, line: where the text comes from, for errors.
+
+  Returns:
+    list of str tokens.
+  """
+  line = text if line is None else line
+  if not text.replace(",", "").strip():
+    raise DataFormatError(path, line_number, "empty %s" % what, line)
+  tokens = []
+  for index, field in enumerate(text.split(",")):
+    token = field.strip()
+    if not token:
+      raise DataFormatError(
+          path, line_number,
+          "empty token in the %s (field %d)" % (what, index + 1), line)
+    if TOKEN_RE.findall(token) != [token]:
+      raise DataFormatError(
+          path, line_number,
+          "token %r in the %s (field %d) cannot be parsed: it is not one "
+          "token of the vocabulary regex %s" %
+          (token, what, index + 1, TOKEN_PATTERN), line)
+    tokens.append(token)
+  return tokens
+
+
+def parse_pretrain_line(line, path="<string>", line_number=0):
+  """`i1,i2,...,iN` -> list of N str tokens (SPEC section 1)."""
+  if FINETUNE_SEPARATOR in line:
+    raise DataFormatError(
+        path, line_number, "unexpected '%s' in a pretraining line (is this a "
+        "fine-tuning file? use --kind=finetune)" % FINETUNE_SEPARATOR, line)
+  return split_fields(line, "sequence", path, line_number, line)
+
+
+def parse_finetune_line(line, path="<string>", line_number=0):
+  """`i1,...,iN,,t1,t2,...` -> (source tokens, target tokens)."""
+  if FINETUNE_SEPARATOR not in line:
+    raise DataFormatError(
+        path, line_number, "missing the '%s' separator between the source "
+        "sequence and the targets" % FINETUNE_SEPARATOR, line)
+  source_text, target_text = line.split(FINETUNE_SEPARATOR, 1)
+  if FINETUNE_SEPARATOR in target_text:
+    raise DataFormatError(
+        path, line_number,
+        "more than one '%s' separator" % FINETUNE_SEPARATOR, line)
+  source = split_fields(source_text, "source sequence", path, line_number,
+                        line)
+  targets = split_fields(target_text, "target list", path, line_number, line)
+  return source, targets
+
+
+def read_pretrain_csv(path, progress_fn=None):
+  """Reads a pretraining CSV: a list (one per line) of lists of str tokens."""
+  return [parse_pretrain_line(text, path, n)
+          for n, text in iter_text_lines(path, progress_fn)]
+
+
+def read_finetune_csv(path, progress_fn=None):
+  """Reads a fine-tuning CSV.
+
+  Returns:
+    (sources, targets): two lists, one entry per line, of lists of tokens.
+  """
+  sources, targets = [], []
+  for n, text in iter_text_lines(path, progress_fn):
+    source, target = parse_finetune_line(text, path, n)
+    sources.append(source)
+    targets.append(target)
+  return sources, targets
+
+
+# ---------------------------------------------------------------------------
+# Vocabulary
+# ---------------------------------------------------------------------------
+
+
+class Vocabulary(object):
+  """Token <-> id map with the VocabularyProcessor semantics.
+
+  Id 0 is `<UNK>`; tokens get ids 1, 2, ... in order of first appearance;
+  unknown tokens look up as 0. The data's pad token (e.g. "0") is an
+  ordinary token with its own id. Saved as one token per line, line i
+  holding the token of id i (line 0 is `<UNK>`).
+  """
+
+  def __init__(self, tokens=()):
+    """Creates a vocabulary holding `<UNK>` then `tokens` (deduplicated)."""
+    self._tokens = [UNK_TOKEN]
+    self._ids = {UNK_TOKEN: 0}
+    for token in tokens:
+      self.add(token)
+
+  def add(self, token):
+    """Adds `token` if new; returns its id."""
+    token_id = self._ids.get(token)
+    if token_id is None:
+      token_id = len(self._tokens)
+      self._ids[token] = token_id
+      self._tokens.append(token)
+    return token_id
+
+  def fit(self, token_lists):
+    """Adds every token of `token_lists` (a list of lists); returns self."""
+    for tokens in token_lists:
+      for token in tokens:
+        self.add(token)
+    return self
+
+  def __len__(self):
+    return len(self._tokens)
+
+  def __contains__(self, token):
+    return token in self._ids
+
+  def __eq__(self, other):
+    return isinstance(other, Vocabulary) and self._tokens == other._tokens
+
+  def __ne__(self, other):
+    return not self == other
+
+  @property
+  def tokens(self):
+    """List of tokens; entry i is the token of id i."""
+    return list(self._tokens)
+
+  def lookup(self, token):
+    """Id of `token`, 0 when unknown."""
+    return self._ids.get(token, 0)
+
+  def token(self, token_id):
+    return self._tokens[token_id]
+
+  def transform(self, token_lists, length):
+    """Maps token lists to ids, right-padded with 0 (VocabularyProcessor).
+
+    Args:
+      token_lists: list of N lists of str tokens.
+      length: int, the row length (`max_document_length`); longer lists are
+        cut to their first `length` tokens, as VocabularyProcessor does.
+
+    Returns:
+      int64 numpy array [N, length].
+    """
+    ids = np.zeros([len(token_lists), length], dtype=np.int64)
+    for row, tokens in enumerate(token_lists):
+      for col, token in enumerate(tokens[:length]):
+        ids[row, col] = self._ids.get(token, 0)
+    return ids
+
+  def count_unknown(self, token_lists):
+    """(occurrences, distinct tokens) of tokens not in the vocabulary."""
+    unknown = collections.Counter(
+        token for tokens in token_lists for token in tokens
+        if token not in self._ids)
+    return sum(unknown.values()), len(unknown)
+
+  def sha1(self):
+    return hashlib.sha1(self._serialize().encode("utf-8")).hexdigest()
+
+  def _serialize(self):
+    return "".join(token + "\n" for token in self._tokens)
+
+  def save(self, path):
+    """Writes the vocabulary to `path` (via a temporary name and a rename)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, ".%s.tmp-%d" % (name, os.getpid()))
+    try:
+      with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(self._serialize())
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+
+  @classmethod
+  def load(cls, path):
+    """Reads a vocabulary file written by `save`.
+
+    Raises:
+      DatasetError: missing/empty file, line 0 not `<UNK>`, an empty or
+        duplicated token, or a token the vocabulary regex cannot produce.
+    """
+    vocab = cls()
+    for n, text in iter_text_lines(path):
+      if n == 1:
+        if text != UNK_TOKEN:
+          raise DataFormatError(
+              path, n, "a vocabulary file must start with %s (id 0)" %
+              UNK_TOKEN, text)
+        continue
+      if TOKEN_RE.findall(text) != [text]:
+        raise DataFormatError(path, n, "not a vocabulary token", text)
+      if text in vocab:
+        raise DataFormatError(path, n, "duplicate token %r (ids %d and %d)" %
+                              (text, vocab.lookup(text), n - 1), text)
+      vocab.add(text)
+    return vocab
+
+
+# ---------------------------------------------------------------------------
+# In-memory datasets (the original's Data_Loader, without TensorFlow)
+# ---------------------------------------------------------------------------
+
+PretrainData = collections.namedtuple("PretrainData", ["item_ids", "vocab"])
+PretrainData.__doc__ = """item_ids: int64 [num_sequences, seq_length]; vocab."""
+
+FinetuneData = collections.namedtuple("FinetuneData", [
+    "source_ids", "target_ids", "item_vocab", "target_vocab",
+    "num_unknown_items", "num_unknown_item_types"
+])
+FinetuneData.__doc__ = """One entry per CSV line (user).
+
+source_ids: int64 [num_users, source_length], right-padded with 0.
+target_ids: int64 [num_users, max_targets], right-padded with 0.
+item_vocab, target_vocab: the Vocabulary objects used.
+num_unknown_items / num_unknown_item_types: source tokens missing from a
+  given item vocabulary (occurrences / distinct); 0 when refitted.
+"""
+
+
+def max_length(token_lists):
+  """The longest list's length: the original's `max_document_length`."""
+  return max(len(tokens) for tokens in token_lists)
+
+
+def load_pretrain_csv(path, progress_fn=None):
+  """Reads a pretraining CSV like the original `data_loader_recsys`.
+
+  Returns:
+    PretrainData: ids by first appearance, every row right-padded with 0 to
+    the longest line.
+  """
+  sequences = read_pretrain_csv(path, progress_fn)
+  vocab = Vocabulary().fit(sequences)
+  return PretrainData(vocab.transform(sequences, max_length(sequences)), vocab)
+
+
+def load_finetune_csv(path, item_vocab=None, progress_fn=None):
+  """Reads a fine-tuning CSV like `data_loader_recsys_transfer_finetune`.
+
+  Args:
+    path: the CSV (`source,,targets` lines).
+    item_vocab: the pretraining `Vocabulary`; source tokens are mapped
+      through it, unknown ones to 0. None refits a new vocabulary on the
+      sources, which is what the original does (ids then only match the
+      pretraining ids when both files list items in the same order).
+    progress_fn: see `iter_text_lines`.
+
+  Returns:
+    FinetuneData. The target vocabulary is always fitted on the targets.
+  """
+  sources, targets = read_finetune_csv(path, progress_fn)
+  if item_vocab is None:
+    item_vocab = Vocabulary().fit(sources)
+  num_unknown, num_unknown_types = item_vocab.count_unknown(sources)
+  target_vocab = Vocabulary().fit(targets)
+  return FinetuneData(
+      source_ids=item_vocab.transform(sources, max_length(sources)),
+      target_ids=target_vocab.transform(targets, max_length(targets)),
+      item_vocab=item_vocab,
+      target_vocab=target_vocab,
+      num_unknown_items=num_unknown,
+      num_unknown_item_types=num_unknown_types)
+
+
+def finetune_examples(source_ids, target_ids):
+  """One example per (user, non-zero target), in line order then target order.
+
+  Args:
+    source_ids: int [num_users, source_length].
+    target_ids: int [num_users, max_targets], 0 = padding.
+
+  Returns:
+    (sources int64 [num_examples, source_length], targets int64 [num_examples])
+  """
+  source_ids = np.asarray(source_ids, dtype=np.int64)
+  target_ids = np.asarray(target_ids, dtype=np.int64)
+  users, columns = np.nonzero(target_ids)  # row-major: the original's order
+  return source_ids[users], target_ids[users, columns]
+
+
+def example_rows(sources, targets, causal):
+  """Rows of SPEC section 1 from per-example sources and targets.
+
+  Args:
+    sources: int [num_examples, source_length].
+    targets: int [num_examples].
+    causal: True for `[source..., 0, target]`, False for
+      `[0, source..., 0, target]`.
+
+  Returns:
+    int64 [num_examples, source_length + 2] (causal) or
+    [num_examples, source_length + 3] (non-causal).
+  """
+  sources = np.asarray(sources, dtype=np.int64)
+  targets = np.asarray(targets, dtype=np.int64).reshape([-1, 1])
+  zeros = np.zeros_like(targets)
+  parts = [sources, zeros, targets] if causal else [zeros, sources, zeros,
+                                                    targets]
+  return np.concatenate(parts, axis=1)
+
+
+def build_finetune_rows(source_ids, target_ids, causal):
+  """The original `Data_Loader.example`: per-user ids -> example rows.
+
+  Args:
+    source_ids: int [num_users, source_length].
+    target_ids: int [num_users, max_targets], right-padded with 0.
+    causal: row layout, see `example_rows`.
+
+  Returns:
+    int64 [num_examples, source_length + (2 if causal else 3)], one row per
+    non-zero target.
+  """
+  sources, targets = finetune_examples(source_ids, target_ids)
+  return example_rows(sources, targets, causal)
+
+
+def target_frequencies(targets, target_vocab_size):
+  """List [target_vocab_size] of counts of each target id among `targets`."""
+  counts = np.bincount(np.asarray(targets, dtype=np.int64).reshape([-1]),
+                       minlength=target_vocab_size)
+  return [int(c) for c in counts]
+
+
+def split_train_test(rows, test_fraction, seed=10):
+  """The original's split: a seeded permutation, the last part is test.
+
+  `np.random.seed(10); perm = np.random.permutation(n)`; the rows are
+  permuted and the last `int(test_fraction * n)` are the test set. (A
+  RandomState(seed) gives the same permutation without global state.)
+  When `int(test_fraction * n)` is 0 the original's `rows[:-0]` makes the
+  training set empty and everything test; here the test set is empty
+  instead (docs/DEVIATIONS.md).
+
+  Args:
+    rows: numpy array (or list) with n rows.
+    test_fraction: the original's `tt_percentage`, in [0, 1).
+    seed: permutation seed, 10 as the original.
+
+  Returns:
+    (train_rows, test_rows), numpy arrays in permuted order.
+  """
+  if not 0.0 <= test_fraction < 1.0:
+    raise ValueError("test_fraction must be in [0, 1), got %r" %
+                     (test_fraction,))
+  rows = np.asarray(rows)
+  perm = np.random.RandomState(seed).permutation(np.arange(len(rows)))
+  rows = rows[perm]
+  num_test = int(test_fraction * float(len(rows)))
+  return rows[:len(rows) - num_test], rows[len(rows) - num_test:]
+
+
+def generate_subsessions(rows, pad_id, min_length=5, seed=10, shuffle=True):
+  """Subsession augmentation of `NextitNet_TF_Pretrain.generatesubsequence`.
+
+  A row `p 1 2 3 4 5 6 7` (p = the pad token's id, 7 real items) becomes
+  `p 1 2 3 4 5 6 7`, `p p 1 2 3 4 5 6`, `p p p 1 2 3 4 5`: right-truncated,
+  left-padded with `pad_id`, down to `min_length` (5) real items. Rows with
+  fewer than `min_length + 1` real items are kept once as they are. The
+  number of real items is the row length minus the count of `pad_id` in
+  the row (the original's `list.count`). The result is shuffled with a
+  seed-10 permutation, as the original does.
+
+  Args:
+    rows: int [N, L].
+    pad_id: id of the data's pad token (the original's `padtoken`), or
+      None when the vocabulary has no pad token (then nothing counts as
+      padding and new rows are left-padded with 0).
+    min_length: shortest number of real items in a subsession (5 in the
+      original NextItNet script).
+    seed: seed of the final permutation.
+    shuffle: set False to keep generation order (for tests).
+
+  Returns:
+    int64 numpy array [M, L].
+  """
+  rows = np.asarray(rows, dtype=np.int64)
+  # The original pads with len(vocab) + 1 when there is no pad token, an id
+  # outside the embedding table; id 0 is used instead.
+  fill = 0 if pad_id is None else pad_id
+  out = []
+  for row in rows:
+    num_pad = 0 if pad_id is None else int(np.count_nonzero(row == pad_id))
+    num_real = len(row) - num_pad
+    if num_real - (min_length - 1) < 1:
+      out.append(row)
+      continue
+    for j in range(num_real - (min_length - 1)):
+      out.append(np.concatenate(
+          [np.full([j], fill, dtype=np.int64), row[:len(row) - j]]))
+  out = np.stack(out) if out else np.zeros([0, rows.shape[1]], np.int64)
+  if shuffle:
+    out = out[np.random.RandomState(seed).permutation(np.arange(len(out)))]
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Dataset metadata
+# ---------------------------------------------------------------------------
+
+_REQUIRED_KEYS = {
+    PRETRAIN: ("kind", "item_vocab_size", "seq_length", "num_train",
+               "num_test", "num_unknown_items", "command"),
+    FINETUNE: ("kind", "item_vocab_size", "target_vocab_size",
+               "source_length", "num_train", "num_test",
+               "target_frequencies", "num_unknown_items", "command"),
+}
+
+
+def dataset_paths(data_dir, kind):
+  """{role: absolute path} of the files of a converted dataset."""
+  data_dir = os.path.abspath(data_dir)
+  paths = {
+      "metadata": os.path.join(data_dir, METADATA_FILE),
+      "train": os.path.join(data_dir, TRAIN_FILE),
+      "test": os.path.join(data_dir, TEST_FILE),
+      "item_vocab": os.path.join(data_dir, ITEM_VOCAB_FILE),
+  }
+  if kind == FINETUNE:
+    paths["target_vocab"] = os.path.join(data_dir, TARGET_VOCAB_FILE)
+  return paths
+
+
+def read_metadata_json(data_dir):
+  """Parses `data_dir/metadata.json` without checking the other files."""
+  path = os.path.join(data_dir, METADATA_FILE)
+  if not os.path.isfile(path):
+    raise DatasetError("no %s in %s: not a converted dataset (run "
+                       "python -m tfrecord_tools.convert_csv)" %
+                       (METADATA_FILE, data_dir))
+  try:
+    with open(path, "r", encoding="utf-8") as f:
+      metadata = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise DatasetError("%s is not valid JSON: %s" % (path, e))
+  if not isinstance(metadata, dict) or metadata.get("kind") not in KINDS:
+    raise DatasetError("%s: 'kind' must be one of %s" % (path, KINDS))
+  return metadata
+
+
+def load_metadata(data_dir):
+  """Reads `metadata.json` and checks the dataset's files against it.
+
+  Checks: the required keys; the TFRecord and vocabulary files exist; each
+  vocabulary file parses, has as many entries as the metadata says and the
+  recorded SHA-1; `target_frequencies` has one entry per target id with
+  entry 0 equal to 0 and its sum equal to num_train + num_test.
+
+  Args:
+    data_dir: a directory written by `tfrecord_tools.convert_csv`.
+
+  Returns:
+    dict: the metadata, plus "paths" ({"train", "test", "item_vocab",
+    ["target_vocab"], "metadata"} -> absolute path) and "data_dir".
+
+  Raises:
+    DatasetError with a message naming the inconsistent file.
+  """
+  metadata = read_metadata_json(data_dir)
+  kind = metadata["kind"]
+  meta_path = os.path.join(data_dir, METADATA_FILE)
+  missing = [k for k in _REQUIRED_KEYS[kind] if k not in metadata]
+  if missing:
+    raise DatasetError("%s lacks the keys %s" % (meta_path, missing))
+  paths = dataset_paths(data_dir, kind)
+  for role, path in sorted(paths.items()):
+    if not os.path.isfile(path):
+      raise DatasetError("%s lists a %s dataset, but %s is missing" %
+                         (meta_path, kind, path))
+  vocab_checks = [("item_vocab", "item_vocab_size", "item_vocab_sha1")]
+  if kind == FINETUNE:
+    vocab_checks.append(
+        ("target_vocab", "target_vocab_size", "target_vocab_sha1"))
+  for role, size_key, sha_key in vocab_checks:
+    vocab = Vocabulary.load(paths[role])
+    if len(vocab) != metadata[size_key]:
+      raise DatasetError(
+          "vocabulary file %s does not match the metadata: it has %d entries "
+          "(with %s), %s says %s = %d" %
+          (paths[role], len(vocab), UNK_TOKEN, meta_path, size_key,
+           metadata[size_key]))
+    if sha_key in metadata and vocab.sha1() != metadata[sha_key]:
+      raise DatasetError(
+          "vocabulary file %s does not match the metadata: its SHA-1 %s is "
+          "not %s = %s recorded in %s (the file was changed or replaced)" %
+          (paths[role], vocab.sha1(), sha_key, metadata[sha_key], meta_path))
+  if kind == FINETUNE:
+    freq = metadata["target_frequencies"]
+    if len(freq) != metadata["target_vocab_size"]:
+      raise DatasetError(
+          "%s: target_frequencies has %d entries, target_vocab_size is %d" %
+          (meta_path, len(freq), metadata["target_vocab_size"]))
+    if freq[0] != 0 or sum(freq) != metadata["num_train"] + metadata[
+        "num_test"]:
+      raise DatasetError(
+          "%s: target_frequencies must have entry 0 = 0 and sum to "
+          "num_train + num_test" % meta_path)
+  metadata = dict(metadata)
+  metadata["paths"] = paths
+  metadata["data_dir"] = os.path.abspath(data_dir)
+  return metadata
+
+
+# ---------------------------------------------------------------------------
+# tf.data input functions
+# ---------------------------------------------------------------------------
+
+
+def resolve_input_files(input_files):
+  """Expands a file name, glob, comma-separated string or list of those."""
+  if isinstance(input_files, str):
+    input_files = input_files.split(",")
+  files = []
+  for pattern in input_files:
+    pattern = pattern.strip()
+    if not pattern:
+      continue
+    matched = sorted(tf.io.gfile.glob(pattern))
+    if not matched:
+      raise DatasetError("no input file matches %s" % pattern)
+    files.extend(matched)
+  if not files:
+    raise DatasetError("no input files given")
+  return files
+
+
+def _records(input_files, is_training, batch_size, drop_remainder, seed,
+             shuffle_buffer, num_epochs):
+  """Serialized examples batched: shuffle -> repeat -> batch (training)."""
+  dataset = tf.data.TFRecordDataset(resolve_input_files(input_files))
+  if is_training:
+    # Shuffle within a buffer, then repeat so every epoch sees each record.
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed,
+                              reshuffle_each_iteration=True)
+    dataset = dataset.repeat(num_epochs)
+  if drop_remainder is None:
+    drop_remainder = is_training
+  # Batch the serialized strings first: one parse_example per batch is much
+  # cheaper than one parse per record.
+  return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def pretrain_input_fn_builder(input_files, seq_length, batch_size, is_training,
+                              seed=None, drop_remainder=None,
+                              shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+                              num_epochs=None,
+                              num_parallel_calls=tf.data.AUTOTUNE):
+  """Returns an `input_fn(params)` over pretraining TFRecords.
+
+  Training: shuffle -> repeat -> batch(drop_remainder=True, static shapes)
+  -> parse -> prefetch. Eval (is_training=False): one pass in file order,
+  the last partial batch kept.
+
+  Args:
+    input_files: TFRecord file(s): a name, a glob, comma-separated, or list.
+    seq_length: int, length of the `itemseq` feature (metadata seq_length).
+    batch_size: int.
+    is_training: bool.
+    seed: optional int, shuffle seed.
+    drop_remainder: None = `is_training`.
+    shuffle_buffer: records held by the shuffle buffer.
+    num_epochs: None repeats forever (training only).
+    num_parallel_calls: parallelism of the parse map.
+
+  Returns:
+    input_fn(params) -> tf.data.Dataset of {"itemseq": int32 [B, seq_length]}
+    (no labels; B is static when drop_remainder). `params` is ignored.
+  """
+  name_to_features = {
+      "itemseq": tf.io.FixedLenFeature([seq_length], tf.int64),
+  }
+
+  def parse_batch(serialized):
+    """[B] serialized -> {"itemseq": int32 [B, seq_length]}."""
+    parsed = tf.io.parse_example(serialized, name_to_features)
+    return {"itemseq": tf.cast(parsed["itemseq"], tf.int32)}
+
+  def input_fn(params):
+    del params  # Estimator passes its params; everything is in the closure.
+    dataset = _records(input_files, is_training, batch_size, drop_remainder,
+                       seed, shuffle_buffer, num_epochs)
+    dataset = dataset.map(parse_batch, num_parallel_calls=num_parallel_calls)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+  return input_fn
+
+
+def finetune_rows(source, target, causal):
+  """Builds SPEC rows in the graph.
+
+  Args:
+    source: int32 Tensor [B, source_length].
+    target: int32 Tensor [B].
+    causal: bool, see `example_rows`.
+
+  Returns:
+    int32 Tensor [B, source_length + 2] (causal: `[source..., 0, target]`)
+    or [B, source_length + 3] (non-causal: `[0, source..., 0, target]`).
+  """
+  zeros = tf.zeros_like(source[:, :1])
+  target = tf.expand_dims(target, 1)
+  parts = [source, zeros, target] if causal else [zeros, source, zeros, target]
+  return tf.concat(parts, axis=1)
+
+
+def finetune_input_fn_builder(input_files, source_length, causal, batch_size,
+                              is_training, target_vocab_size, num_negatives,
+                              sampler="uniform", target_frequencies=None,
+                              rho=0.3, distinct_negatives=False, seed=None,
+                              drop_remainder=None,
+                              shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+                              num_epochs=None,
+                              lambdafm_exclude_positive=False,
+                              num_parallel_calls=tf.data.AUTOTUNE):
+  """Returns an `input_fn(params)` over fine-tuning TFRecords.
+
+  Training: shuffle -> repeat -> batch(drop_remainder) -> parse, build rows
+  and draw negatives -> prefetch. Eval: one pass in file order, last
+  partial batch kept. Negatives are drawn in the graph with stateless ops
+  whose per-batch seeds come from `tf.data.Dataset.random(seed)`, so a
+  given `seed` gives the same negatives at any map parallelism.
+
+  Args:
+    input_files: TFRecord file(s), see `pretrain_input_fn_builder`.
+    source_length: int, metadata source_length.
+    causal: bool, row layout (`finetune_rows`).
+    batch_size: int.
+    is_training: bool.
+    target_vocab_size: int, metadata target_vocab_size (including id 0).
+    num_negatives: int >= 0, negatives per example (1 for the BCE/BPR
+      training loss, 99 for the sampled evaluation).
+    sampler: "uniform" (uniform over [1, target_vocab_size) without the
+      positive) or "lambdafm" (the static rank-based distribution).
+    target_frequencies: list [target_vocab_size], needed by "lambdafm".
+    rho: LambdaFM temperature.
+    distinct_negatives: uniform sampler only: draw without replacement.
+    seed: optional int for the shuffle and the negatives.
+    drop_remainder: None = `is_training`.
+    shuffle_buffer, num_epochs, num_parallel_calls: see the pretraining one.
+    lambdafm_exclude_positive: LambdaFM only; False as the original.
+
+  Returns:
+    input_fn(params) -> tf.data.Dataset of dicts:
+      "rows": int32 [B, source_length + 2 or + 3],
+      "target": int32 [B],
+      "negatives": int32 [B, num_negatives] (always present; [B, 0] when
+        num_negatives is 0).
+  """
+  if sampler not in ("uniform", "lambdafm"):
+    raise ValueError("sampler must be 'uniform' or 'lambdafm', got %r" %
+                     (sampler,))
+  if sampler == "lambdafm":
+    if target_frequencies is None:
+      raise ValueError("sampler='lambdafm' needs target_frequencies")
+    if len(target_frequencies) != target_vocab_size:
+      raise ValueError("target_frequencies has %d entries, target_vocab_size "
+                       "is %d" % (len(target_frequencies), target_vocab_size))
+  name_to_features = {
+      "source": tf.io.FixedLenFeature([source_length], tf.int64),
+      "target": tf.io.FixedLenFeature([1], tf.int64),
+  }
+
+  def draw_negatives(target, stateless_seed):
+    if sampler == "uniform":
+      return sampling.uniform_negatives(
+          target, num_negatives, target_vocab_size,
+          distinct=distinct_negatives, stateless_seed=stateless_seed)
+    return sampling.lambdafm_negatives(
+        target, num_negatives, target_frequencies, rho=rho,
+        exclude_positive=lambdafm_exclude_positive,
+        stateless_seed=stateless_seed)
+
+  def parse_batch(serialized, stateless_seed):
+    """[B] serialized, [2] seed -> {"rows", "target", "negatives"}."""
+    parsed = tf.io.parse_example(serialized, name_to_features)
+    source = tf.cast(parsed["source"], tf.int32)
+    target = tf.cast(parsed["target"][:, 0], tf.int32)
+    return {
+        "rows": finetune_rows(source, target, causal),
+        "target": target,
+        "negatives": draw_negatives(target, stateless_seed),
+    }
+
+  def input_fn(params):
+    del params  # Estimator passes its params; everything is in the closure.
+    dataset = _records(input_files, is_training, batch_size, drop_remainder,
+                       seed, shuffle_buffer, num_epochs)
+    # One [2] stateless seed per batch, from a seeded random stream.
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    dataset = tf.data.Dataset.zip((dataset, seeds))
+    dataset = dataset.map(parse_batch, num_parallel_calls=num_parallel_calls)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+  return input_fn
