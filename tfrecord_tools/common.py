@@ -1,0 +1,157 @@
+"""Helpers shared by the converters: atomic outputs, progress, TFRecords."""
+import json
+import os
+import shlex
+import sys
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+
+class AtomicOutputs(object):
+  """Files written under temporary names, renamed together at the end.
+
+  Usage:
+    with AtomicOutputs(output_dir) as out:
+      write_something(out.path("train.tfrecord"))
+      ...
+    # Leaving the block normally renames every file to its final name (in
+    # the order `path` was called); an exception deletes the temporary files
+    # and, if this object created `output_dir`, the then-empty directory.
+
+  Temporary names are hidden (".name.tmp-<pid>") so a glob such as
+  "*.tfrecord" never picks up a half-written file.
+  """
+
+  def __init__(self, output_dir, remove_on_commit=()):
+    """`remove_on_commit`: stale final names to delete when committing."""
+    self.output_dir = os.path.abspath(output_dir)
+    self._pending = []
+    self._created_dir = False
+    self._remove_on_commit = list(remove_on_commit)
+
+  def __enter__(self):
+    if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+      raise ValueError("output path exists and is not a directory: %s" %
+                       self.output_dir)
+    if not os.path.isdir(self.output_dir):
+      os.makedirs(self.output_dir)
+      self._created_dir = True
+    return self
+
+  def path(self, name):
+    """Temporary path to write `name` to."""
+    final = os.path.join(self.output_dir, name)
+    tmp = os.path.join(self.output_dir, ".%s.tmp-%d" % (name, os.getpid()))
+    self._pending.append((tmp, final))
+    return tmp
+
+  def final_path(self, name):
+    return os.path.join(self.output_dir, name)
+
+  def __exit__(self, exc_type, exc_value, traceback):
+    if exc_type is None:
+      for name in self._remove_on_commit:
+        stale = os.path.join(self.output_dir, name)
+        if os.path.exists(stale):
+          os.remove(stale)
+      for tmp, final in self._pending:
+        os.replace(tmp, final)
+      return False
+    for tmp, _ in self._pending:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    if self._created_dir and not os.listdir(self.output_dir):
+      os.rmdir(self.output_dir)
+    return False
+
+
+class ProgressLogger(object):
+  """Logs reading/writing progress at most every `interval` seconds."""
+
+  def __init__(self, what, interval=5.0):
+    self._what = what
+    self._interval = interval
+    self._last = time.time()
+    self._start = self._last
+
+  def lines(self, lines_read, bytes_read, total_bytes):
+    """A `progress_fn` for `data_loader.iter_text_lines`."""
+    now = time.time()
+    if now - self._last >= self._interval:
+      self._last = now
+      logging.info("%s: %d lines read (%.0f%% of %.1f MB, %.0f s)", self._what,
+                   lines_read, 100.0 * bytes_read / max(total_bytes, 1),
+                   total_bytes / 1e6, now - self._start)
+
+  def records(self, done, total):
+    now = time.time()
+    if now - self._last >= self._interval or done == total:
+      self._last = now
+      logging.info("%s: %d / %d records written (%.0f s)", self._what, done,
+                   total, now - self._start)
+
+
+def command_line(module):
+  """The command that started this process, as `python -m module args`."""
+  return " ".join(["python", "-m", module] +
+                  [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def python_call(function_name, **kwargs):
+  """A readable record of a Python call, for the metadata's `command`."""
+  args = ", ".join("%s=%r" % (k, v) for k, v in sorted(kwargs.items()))
+  return "%s(%s)" % (function_name, args)
+
+
+def write_json(path, obj):
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.write("\n")
+
+
+def int64_feature(values):
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def write_examples(path, features, expected_lengths, what, log_first=3):
+  """Writes tf.train.Examples with fixed-length int64 features.
+
+  Args:
+    path: output file (write it to a temporary name).
+    features: dict name -> int numpy array [num_examples, length].
+    expected_lengths: dict name -> length; every feature is checked.
+    what: a name for progress logs ("train", "test").
+    log_first: how many first examples to log (BERT's writer does this).
+
+  Returns:
+    The number of examples written.
+  """
+  names = sorted(features)
+  arrays = {}
+  num = None
+  for name in names:
+    array = np.asarray(features[name], dtype=np.int64)
+    if array.ndim != 2 or array.shape[1] != expected_lengths[name]:
+      raise ValueError("feature %r has shape %s, expected [N, %d]" %
+                       (name, array.shape, expected_lengths[name]))
+    if num is not None and array.shape[0] != num:
+      raise ValueError("features have different numbers of examples")
+    num = array.shape[0]
+    arrays[name] = array.tolist()
+  num = num or 0
+  progress = ProgressLogger("writing %s" % what)
+  with tf.io.TFRecordWriter(path) as writer:
+    for i in range(num):
+      example = tf.train.Example(features=tf.train.Features(feature={
+          name: int64_feature(arrays[name][i]) for name in names
+      }))
+      writer.write(example.SerializeToString())
+      if i < log_first:
+        logging.info("%s example %d: %s", what, i, " ".join(
+            "%s=%s" % (name, arrays[name][i]) for name in names))
+      if (i + 1) % 20000 == 0:
+        progress.records(i + 1, num)
+  return num

@@ -1,0 +1,429 @@
+r"""Converts a pretraining or fine-tuning CSV (SPEC section 1) to TFRecords.
+
+Writes into --output_dir: `train.tfrecord`, `test.tfrecord`, `item_vocab.txt`
+(line i = token of id i, line 0 = <UNK>), for fine-tuning `target_vocab.txt`,
+and `metadata.json` (sizes, lengths, row counts, target frequencies, the
+command). Every file is written under a temporary name and renamed at the
+end, so a failed conversion leaves nothing behind.
+
+Pretraining:
+  python -m tfrecord_tools.convert_csv --kind=pretrain \
+      --input_csv=pretrain.csv --output_dir=data/pretrain --test_fraction=0.1
+
+Fine-tuning, sources mapped through the pretraining vocabulary:
+  python -m tfrecord_tools.convert_csv --kind=finetune \
+      --input_csv=finetune.csv --output_dir=data/finetune \
+      --item_vocab=data/pretrain/item_vocab.txt --test_fraction=0.2
+
+`--refit_source_vocab` instead fits a new vocabulary on the fine-tuning
+sources, as the original does (ids then only agree with the pretrained
+model when both files list the items in the same order of first
+appearance).
+
+From Python (and in tests): `convert(kind, input_csv, output_dir, ...)`
+returns the metadata dict; `make_pretrain_dataset` / `make_finetune_dataset`
+write a small CSV from id lists and convert it in one call.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+import data_loader
+from tfrecord_tools import common
+
+OUTPUT_FILES = (data_loader.METADATA_FILE, data_loader.TRAIN_FILE,
+                data_loader.TEST_FILE, data_loader.ITEM_VOCAB_FILE,
+                data_loader.TARGET_VOCAB_FILE)
+
+
+def _load_item_vocab(path):
+  """Loads a pretraining vocabulary, checked against its metadata if any."""
+  data_loader.check_input_file(path, "item vocabulary file")
+  directory = os.path.dirname(os.path.abspath(path))
+  if (os.path.basename(path) == data_loader.ITEM_VOCAB_FILE and
+      os.path.exists(os.path.join(directory, data_loader.METADATA_FILE))):
+    data_loader.load_metadata(directory)  # Raises if they disagree.
+  return data_loader.Vocabulary.load(path)
+
+
+def _check_output_dir(output_dir, fingerprint, overwrite):
+  """Refuses an output_dir that holds another dataset; returns stale files."""
+  if not os.path.exists(output_dir):
+    return []
+  if not os.path.isdir(output_dir):
+    raise data_loader.DatasetError(
+        "--output_dir exists and is not a directory: %s" % output_dir)
+  present = [n for n in OUTPUT_FILES
+             if os.path.exists(os.path.join(output_dir, n))]
+  if not present:
+    return []
+  try:
+    existing = data_loader.read_metadata_json(output_dir)
+    described = "a %s dataset converted from %s" % (
+        existing.get("kind"), existing.get("input_csv", "?"))
+    same = existing.get("fingerprint") == fingerprint
+  except data_loader.DatasetError:
+    described = "files %s of another dataset" % ", ".join(present)
+    same = False
+  if same or overwrite:
+    return present
+  raise data_loader.DatasetError(
+      "output directory %s already holds a different dataset (%s); choose "
+      "another --output_dir, delete it, or pass --overwrite" %
+      (output_dir, described))
+
+
+def _fingerprint(kind, input_csv, options):
+  """What makes two conversions the same dataset (not paths or times)."""
+  fingerprint = {
+      "kind": kind,
+      "input_csv_sha1": data_loader.file_sha1(input_csv),
+      "input_csv_bytes": os.path.getsize(input_csv),
+  }
+  fingerprint.update(options)
+  return fingerprint
+
+
+def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
+                      subsession_min_length, pad_token):
+  """Reads, splits and writes a pretraining dataset; returns metadata."""
+  progress = common.ProgressLogger("reading %s" % input_csv)
+  sequences = data_loader.read_pretrain_csv(input_csv, progress.lines)
+  vocab = data_loader.Vocabulary().fit(sequences)
+  seq_length = data_loader.max_length(sequences)
+  num_short = sum(1 for s in sequences if len(s) < seq_length)
+  if num_short:
+    logging.warning(
+        "%d of %d lines are shorter than the longest (%d items); they are "
+        "right-padded with id 0 as the original does (left-pad them with "
+        "the pad token in the CSV to avoid this)", num_short, len(sequences),
+        seq_length)
+  rows = vocab.transform(sequences, seq_length)
+  train, test = data_loader.split_train_test(rows, test_fraction, split_seed)
+  pad_id = vocab.lookup(pad_token) if pad_token in vocab else None
+  num_split_train = len(train)
+  if subsessions:
+    train = data_loader.generate_subsessions(train, pad_id,
+                                             subsession_min_length)
+  lengths = {"itemseq": seq_length}
+  common.write_examples(out.path(data_loader.TRAIN_FILE), {"itemseq": train},
+                        lengths, "train")
+  common.write_examples(out.path(data_loader.TEST_FILE), {"itemseq": test},
+                        lengths, "test")
+  vocab.save(out.path(data_loader.ITEM_VOCAB_FILE))
+  return {
+      "item_vocab_size": len(vocab),
+      "item_vocab_sha1": vocab.sha1(),
+      "seq_length": seq_length,
+      "num_sequences": len(sequences),
+      "num_train_sequences": num_split_train,
+      "num_train": len(train),
+      "num_test": len(test),
+      "num_unknown_items": 0,
+      "pad_token_id": pad_id,
+  }
+
+
+def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
+                      test_fraction, split_seed, pad_token):
+  """Reads, maps, splits and writes a fine-tuning dataset; returns metadata."""
+  pretrain_vocab = (_load_item_vocab(item_vocab_path)
+                    if item_vocab_path else None)
+  progress = common.ProgressLogger("reading %s" % input_csv)
+  sources, targets = data_loader.read_finetune_csv(input_csv, progress.lines)
+  extra = {}
+  if refit_source_vocab:
+    item_vocab = data_loader.Vocabulary().fit(sources)
+    logging.warning(
+        "--refit_source_vocab: fitted a new source vocabulary (%d ids) as the "
+        "original does; its ids match a pretrained model only if the "
+        "pretraining file lists the items in the same order", len(item_vocab))
+    if pretrain_vocab is not None:
+      differing = sum(1 for i, token in enumerate(item_vocab.tokens)
+                      if pretrain_vocab.lookup(token) != i)
+      extra["num_ids_differing_from_item_vocab"] = differing
+      if differing:
+        logging.warning("%d of %d refitted source ids differ from %s: the "
+                        "pretrained item embeddings will be looked up for the "
+                        "wrong items", differing, len(item_vocab),
+                        item_vocab_path)
+  else:
+    item_vocab = pretrain_vocab
+  num_unknown, num_unknown_types = item_vocab.count_unknown(sources)
+  if num_unknown:
+    logging.warning("%d source item occurrences (%d distinct items) are not in "
+                    "the item vocabulary and map to id 0", num_unknown,
+                    num_unknown_types)
+  target_vocab = data_loader.Vocabulary().fit(targets)
+  source_length = data_loader.max_length(sources)
+  source_ids = item_vocab.transform(sources, source_length)
+  target_ids = target_vocab.transform(targets, data_loader.max_length(targets))
+  example_sources, example_targets = data_loader.finetune_examples(
+      source_ids, target_ids)
+  train_index, test_index = data_loader.split_train_test(
+      np.arange(len(example_targets)), test_fraction, split_seed)
+  lengths = {"source": source_length, "target": 1}
+  for name, index in ((data_loader.TRAIN_FILE, train_index),
+                      (data_loader.TEST_FILE, test_index)):
+    common.write_examples(
+        out.path(name), {
+            "source": example_sources[index],
+            "target": example_targets[index].reshape([-1, 1])
+        }, lengths, name.split(".")[0])
+  item_vocab.save(out.path(data_loader.ITEM_VOCAB_FILE))
+  target_vocab.save(out.path(data_loader.TARGET_VOCAB_FILE))
+  metadata = {
+      "item_vocab_size": len(item_vocab),
+      "item_vocab_sha1": item_vocab.sha1(),
+      "item_vocab_from": (None if refit_source_vocab else
+                          os.path.abspath(item_vocab_path)),
+      "refit_source_vocab": bool(refit_source_vocab),
+      "target_vocab_size": len(target_vocab),
+      "target_vocab_sha1": target_vocab.sha1(),
+      "source_length": source_length,
+      "causal_row_length": source_length + 2,
+      "noncausal_row_length": source_length + 3,
+      "max_targets_per_user": int(target_ids.shape[1]),
+      "num_users": len(sources),
+      "num_examples": int(len(example_targets)),
+      "num_train": int(len(train_index)),
+      "num_test": int(len(test_index)),
+      "target_frequencies": data_loader.target_frequencies(
+          example_targets, len(target_vocab)),
+      "train_target_frequencies": data_loader.target_frequencies(
+          example_targets[train_index], len(target_vocab)),
+      "num_unknown_items": int(num_unknown),
+      "num_unknown_item_types": int(num_unknown_types),
+      "pad_token_id": (item_vocab.lookup(pad_token)
+                       if pad_token in item_vocab else None),
+  }
+  metadata.update(extra)
+  return metadata
+
+
+def convert(kind, input_csv, output_dir, item_vocab=None,
+            refit_source_vocab=False, test_fraction=0.2, split_seed=10,
+            subsessions=False, subsession_min_length=5, pad_token="0",
+            overwrite=False, command=None, print_summary=True):
+  """Converts a CSV into a TFRecord dataset directory.
+
+  Args:
+    kind: "pretrain" or "finetune".
+    input_csv: the CSV (plain or gzipped).
+    output_dir: created if missing; must not hold a different dataset
+      unless `overwrite`.
+    item_vocab: finetune: the pretraining `item_vocab.txt` to map sources
+      through (unknown items -> 0, counted in the metadata).
+    refit_source_vocab: finetune: fit a new source vocabulary instead, the
+      original's behaviour (with `item_vocab` too, the metadata counts the
+      ids that differ).
+    test_fraction: the original's `tt_percentage`, in [0, 1).
+    split_seed: seed of the split permutation (10 as the original).
+    subsessions: pretrain: add the subsession augmentation to the training
+      split (`data_loader.generate_subsessions`).
+    subsession_min_length: shortest subsession (real items).
+    pad_token: the CSV's left-pad token ("0"); its id is recorded and used
+      by the subsession augmentation.
+    overwrite: replace whatever dataset `output_dir` holds.
+    command: the command to record; None records this Python call.
+    print_summary: print a summary to stdout.
+
+  Returns:
+    The metadata dict written to `metadata.json`.
+
+  Raises:
+    data_loader.DataFormatError: a malformed line (file, line and text in
+      the message).
+    data_loader.DatasetError: missing/empty inputs, a vocabulary that does
+      not match its metadata, an output_dir holding another dataset.
+  """
+  if kind not in data_loader.KINDS:
+    raise ValueError("kind must be one of %s, got %r" %
+                     (data_loader.KINDS, kind))
+  if not 0.0 <= test_fraction < 1.0:
+    raise ValueError("test_fraction must be in [0, 1), got %r" %
+                     (test_fraction,))
+  if kind == data_loader.PRETRAIN and (item_vocab or refit_source_vocab):
+    raise ValueError("item_vocab / refit_source_vocab apply to finetune only")
+  if kind == data_loader.FINETUNE:
+    if subsessions:
+      raise ValueError("subsessions apply to pretrain only")
+    if not item_vocab and not refit_source_vocab:
+      raise ValueError(
+          "finetune needs item_vocab (the pretraining item_vocab.txt, so that "
+          "source ids match the pretrained model) or refit_source_vocab=True "
+          "(the original's behaviour)")
+  if command is None:
+    command = common.python_call(
+        "tfrecord_tools.convert_csv.convert", kind=kind, input_csv=input_csv,
+        output_dir=output_dir, item_vocab=item_vocab,
+        refit_source_vocab=refit_source_vocab, test_fraction=test_fraction,
+        split_seed=split_seed, subsessions=subsessions,
+        subsession_min_length=subsession_min_length, pad_token=pad_token)
+  data_loader.check_input_file(input_csv)
+  if item_vocab:
+    data_loader.check_input_file(item_vocab, "item vocabulary file")
+  options = {"test_fraction": test_fraction, "split_seed": split_seed,
+             "pad_token": pad_token}
+  if kind == data_loader.PRETRAIN:
+    options.update(subsessions=bool(subsessions),
+                   subsession_min_length=subsession_min_length)
+  else:
+    options.update(refit_source_vocab=bool(refit_source_vocab),
+                   item_vocab_from_sha1=(data_loader.file_sha1(item_vocab)
+                                         if item_vocab else None))
+  fingerprint = _fingerprint(kind, input_csv, options)
+  stale = _check_output_dir(output_dir, fingerprint, overwrite)
+
+  with common.AtomicOutputs(output_dir, remove_on_commit=stale) as out:
+    if kind == data_loader.PRETRAIN:
+      metadata = _convert_pretrain(input_csv, out, test_fraction, split_seed,
+                                   subsessions, subsession_min_length,
+                                   pad_token)
+    else:
+      metadata = _convert_finetune(input_csv, out, item_vocab,
+                                   refit_source_vocab, test_fraction,
+                                   split_seed, pad_token)
+    metadata.update({
+        "kind": kind,
+        "format_version": data_loader.FORMAT_VERSION,
+        "input_csv": os.path.abspath(input_csv),
+        "fingerprint": fingerprint,
+        "command": command,
+    })
+    metadata.update(options)
+    common.write_json(out.path(data_loader.METADATA_FILE), metadata)
+  if print_summary:
+    print(summary(metadata, output_dir))
+  return metadata
+
+
+def summary(metadata, output_dir):
+  """A few lines describing a converted dataset."""
+  lines = ["Converted %s CSV %s" % (metadata["kind"], metadata["input_csv"]),
+           "  into %s" % os.path.abspath(output_dir)]
+  if metadata["kind"] == data_loader.PRETRAIN:
+    lines.append("  item vocabulary: %d ids (with <UNK>), seq_length %d" %
+                 (metadata["item_vocab_size"], metadata["seq_length"]))
+    lines.append("  %d sequences -> train %d%s, test %d" % (
+        metadata["num_sequences"], metadata["num_train"],
+        " (with subsessions)" if metadata["subsessions"] else "",
+        metadata["num_test"]))
+  else:
+    lines.append("  item vocabulary: %d ids (%s), source_length %d" % (
+        metadata["item_vocab_size"], "refitted on the sources"
+        if metadata["refit_source_vocab"] else "from " +
+        metadata["item_vocab_from"], metadata["source_length"]))
+    lines.append("  target vocabulary: %d ids (with <UNK>)" %
+                 metadata["target_vocab_size"])
+    lines.append("  %d users -> %d (user, target) examples -> train %d, test "
+                 "%d" % (metadata["num_users"], metadata["num_examples"],
+                         metadata["num_train"], metadata["num_test"]))
+    lines.append("  unknown source items: %d occurrences (%d distinct)" %
+                 (metadata["num_unknown_items"],
+                  metadata["num_unknown_item_types"]))
+  lines.append("  split: test_fraction %g, seed %d" %
+               (metadata["test_fraction"], metadata["split_seed"]))
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Small helpers for tests and examples
+# ---------------------------------------------------------------------------
+
+
+def write_pretrain_csv(path, sequences):
+  """Writes `i1,i2,...` lines; `sequences` is a list of lists of tokens/ints."""
+  with open(path, "w", encoding="utf-8", newline="\n") as f:
+    for sequence in sequences:
+      f.write(",".join(str(item) for item in sequence) + "\n")
+  return path
+
+
+def write_finetune_csv(path, sources, targets):
+  """Writes `source,,targets` lines from two parallel lists of lists."""
+  if len(sources) != len(targets):
+    raise ValueError("sources and targets differ in length")
+  with open(path, "w", encoding="utf-8", newline="\n") as f:
+    for source, target in zip(sources, targets):
+      f.write(",".join(str(i) for i in source) + data_loader.FINETUNE_SEPARATOR
+              + ",".join(str(t) for t in target) + "\n")
+  return path
+
+
+def make_pretrain_dataset(output_dir, sequences, **options):
+  """Writes `output_dir/input.csv` from `sequences` and converts it.
+
+  Example: `make_pretrain_dataset(tmp, [[1, 2, 3], [2, 3, 4]],
+  test_fraction=0.5)` -> metadata; TFRecords in `tmp`.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  csv = write_pretrain_csv(os.path.join(output_dir, "input.csv"), sequences)
+  options.setdefault("print_summary", False)
+  return convert(data_loader.PRETRAIN, csv, output_dir, **options)
+
+
+def make_finetune_dataset(output_dir, sources, targets, **options):
+  """Writes `output_dir/input.csv` and converts it (refits if no item_vocab)."""
+  os.makedirs(output_dir, exist_ok=True)
+  csv = write_finetune_csv(os.path.join(output_dir, "input.csv"), sources,
+                           targets)
+  options.setdefault("print_summary", False)
+  if not options.get("item_vocab"):
+    options.setdefault("refit_source_vocab", True)
+  return convert(data_loader.FINETUNE, csv, output_dir, **options)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def define_flags():
+  flags.DEFINE_enum("kind", None, list(data_loader.KINDS),
+                    "pretrain (`i1,i2,...` lines) or finetune "
+                    "(`i1,...,,t1,t2,...` lines).")
+  flags.DEFINE_string("input_csv", None, "The CSV to convert (.gz is fine).")
+  flags.DEFINE_string("output_dir", None, "Where to write the dataset.")
+  flags.DEFINE_string("item_vocab", None,
+                      "finetune: the pretraining dataset's item_vocab.txt; "
+                      "sources are mapped through it.")
+  flags.DEFINE_bool("refit_source_vocab", False,
+                    "finetune: fit a new source vocabulary (the original's "
+                    "behaviour; ids may not match the pretrained model).")
+  flags.DEFINE_float("test_fraction", 0.2,
+                     "Fraction of rows in the test split (tt_percentage).")
+  flags.DEFINE_integer("split_seed", 10, "Seed of the split permutation.")
+  flags.DEFINE_bool("subsessions", False,
+                    "pretrain: add subsessions of the training sequences.")
+  flags.DEFINE_integer("subsession_min_length", 5,
+                       "pretrain: shortest subsession, in real items.")
+  flags.DEFINE_string("pad_token", "0", "The CSV's left-padding token.")
+  flags.DEFINE_bool("overwrite", False,
+                    "Replace a different dataset already in --output_dir.")
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS
+  try:
+    convert(FLAGS.kind, FLAGS.input_csv, FLAGS.output_dir,
+            item_vocab=FLAGS.item_vocab,
+            refit_source_vocab=FLAGS.refit_source_vocab,
+            test_fraction=FLAGS.test_fraction, split_seed=FLAGS.split_seed,
+            subsessions=FLAGS.subsessions,
+            subsession_min_length=FLAGS.subsession_min_length,
+            pad_token=FLAGS.pad_token, overwrite=FLAGS.overwrite,
+            command=common.command_line("tfrecord_tools.convert_csv"))
+  except (ValueError, OSError) as e:
+    sys.exit("error: %s" % e)
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["kind", "input_csv", "output_dir"])
+  app.run(main)
