@@ -50,3 +50,9 @@ def golden_dir():
 @pytest.fixture
 def demo_dir():
   return require_path(DEMO_DIR)
+
+
+def require_checkpoint(prefix):
+  """Returns the checkpoint `prefix`, or skips when its .index is absent."""
+  require_path(prefix + ".index")
+  return prefix
