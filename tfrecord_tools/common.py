@@ -155,3 +155,40 @@ def write_examples(path, features, expected_lengths, what, log_first=3):
       if (i + 1) % 20000 == 0:
         progress.records(i + 1, num)
   return num
+
+
+# ---------------------------------------------------------------------------
+# Writing the CSV formats from per-user item lists (used by the converters
+# from public datasets)
+# ---------------------------------------------------------------------------
+
+
+def check_csv_outputs(output_dir, names, overwrite):
+  """Refuses to replace existing converter outputs unless `overwrite`."""
+  existing = [n for n in names if os.path.exists(os.path.join(output_dir, n))]
+  if existing and not overwrite:
+    raise ValueError("%s already holds %s; choose another --output_dir or "
+                     "pass --overwrite" % (output_dir, ", ".join(existing)))
+
+
+def pad_sequence(items, max_seq_length, pad_token):
+  """The last `max_seq_length` items, left-padded with `pad_token`.
+
+  max_seq_length 0 keeps every item and pads nothing (the caller pads to
+  the longest sequence if it wants equal lengths).
+  """
+  if max_seq_length <= 0:
+    return list(items)
+  items = list(items)[-max_seq_length:]
+  if pad_token is None:
+    return items
+  return [pad_token] * (max_seq_length - len(items)) + items
+
+
+def length_stats(lengths):
+  """{"min", "mean", "median", "max"} of a list of ints."""
+  lengths = np.asarray(lengths, dtype=np.float64)
+  if lengths.size == 0:
+    return {"min": 0, "mean": 0.0, "median": 0.0, "max": 0}
+  return {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 2),
+          "median": float(np.median(lengths)), "max": int(lengths.max())}
