@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import zlib
 
 import numpy as np
@@ -609,13 +610,48 @@ def read_metadata_json(data_dir):
   return metadata
 
 
+def _first_record(path):
+  """The first record of a TFRecord file (bytes), or None when it is empty.
+
+  Reads the framing directly (uint64 length, uint32 CRC, data, uint32 CRC)
+  so that it works the same with and without eager execution.
+  """
+  with open(path, "rb") as f:
+    header = f.read(12)
+    if not header:
+      return None
+    length = struct.unpack("<Q", header[:8])[0]
+    data = f.read(length)
+  if len(header) < 12 or len(data) < length:
+    raise DatasetError("%s is truncated: not a complete TFRecord file" % path)
+  return data
+
+
+def _check_first_record(path, expected_lengths, meta_path):
+  """Checks the first Example's int64 features against the metadata."""
+  data = _first_record(path)
+  if data is None:
+    return
+  try:
+    example = tf.train.Example.FromString(data)
+  except Exception as e:  # protobuf's DecodeError
+    raise DatasetError("%s does not hold tf.train.Examples: %s" % (path, e))
+  features = example.features.feature
+  got = {name: len(features[name].int64_list.value) for name in features}
+  if got != expected_lengths:
+    raise DatasetError(
+        "%s does not match %s: its first record has the int64 features %s, "
+        "the metadata expects %s" % (path, meta_path, got, expected_lengths))
+
+
 def load_metadata(data_dir):
   """Reads `metadata.json` and checks the dataset's files against it.
 
   Checks: the required keys; the TFRecord and vocabulary files exist; each
   vocabulary file parses, has as many entries as the metadata says and the
   recorded SHA-1; `target_frequencies` has one entry per target id with
-  entry 0 equal to 0 and its sum equal to num_train + num_test.
+  entry 0 equal to 0 and its sum equal to num_train + num_test; the first
+  record of each TFRecord file has the features and lengths of the metadata.
 
   Args:
     data_dir: a directory written by `tfrecord_tools.convert_csv`.
@@ -666,6 +702,10 @@ def load_metadata(data_dir):
       raise DatasetError(
           "%s: target_frequencies must have entry 0 = 0 and sum to "
           "num_train + num_test" % meta_path)
+  expected = ({"itemseq": metadata["seq_length"]} if kind == PRETRAIN else
+              {"source": metadata["source_length"], "target": 1})
+  for role in ("train", "test"):
+    _check_first_record(paths[role], expected, meta_path)
   metadata = dict(metadata)
   metadata["paths"] = paths
   metadata["data_dir"] = os.path.abspath(data_dir)

@@ -280,6 +280,19 @@ def test_vocabulary_file_not_matching_metadata(tmp_path):
     f.write("<UNK>\nc\nb\na\n")
   with pytest.raises(data_loader.DatasetError, match="its SHA-1"):
     data_loader.load_metadata(pre)
+  # TFRecords of another dataset (other sequence length).
+  vocab_file_text = "<UNK>\na\nb\nc\n"
+  with open(vocab_file, "w") as f:
+    f.write(vocab_file_text)
+  data_loader.load_metadata(pre)
+  other = str(tmp_path / "other")
+  convert_csv.make_pretrain_dataset(other, [["a", "b", "c"], ["c", "a", "b"]])
+  os.replace(os.path.join(other, "train.tfrecord"),
+             os.path.join(pre, "train.tfrecord"))
+  with pytest.raises(data_loader.DatasetError,
+                     match=r"train.tfrecord does not match .*\{'itemseq': 3\}"
+                     r", the metadata expects \{'itemseq': 2\}"):
+    data_loader.load_metadata(pre)
   # A metadata file that lists a missing file.
   os.remove(os.path.join(pre, "test.tfrecord"))
   with pytest.raises(data_loader.DatasetError, match="test.tfrecord is "
