@@ -1,0 +1,835 @@
+r"""Pretrains NextItNet (causal) or the GRec encoder (masked) with tf.estimator.
+
+The first half of the PeterRec workflow: learn the backbone on source-domain
+sequences and write a checkpoint whose variable names are the original
+code's, so that the fine-tuning script (and the original TF 1 code) can
+restore it.
+
+Input: a pretraining dataset converted by `tfrecord_tools.convert_csv`
+(`--data_dir` holding train.tfrecord, test.tfrecord, item_vocab.txt,
+metadata.json). Output, in `--model_dir`: checkpoints, TensorBoard events,
+`model_config.json` (the backbone, for fine-tuning), `pretrain_config.json`
+(every resolved setting), `item_vocab.txt` (a copy), `metrics.json` (the
+final evaluation) and, with `--do_predict`, `predictions.tsv`.
+
+  python nextitnet_pretrain.py --data_dir=data/ml1m --model_dir=runs/ml1m \
+      --encoder=nextitnet --softmax=sampled --batch_size=32 --train_steps=5000
+
+Evaluation (SPEC section 3): every test sequence, the whole test set; the
+last item is held out, the model scores ALL items from the last position
+(NextItNet: context = every item but the last; GRec: the last item replaced
+by id 0), and MRR@k, HR@k, NDCG@k of the held-out item are reported.
+
+Running the same command again after an interruption resumes from the last
+checkpoint in `--model_dir` (the Estimator restores it; `--train_steps` is
+the total, not the remaining, number of steps).
+"""
+import collections
+import json
+import os
+import shutil
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow as tf
+
+import data_loader
+import training_utils
+from ops import checkpoint as checkpoint_lib
+from ops import heads
+from ops import masking
+from ops import metrics as metrics_lib
+from ops import modeling
+from ops import networks
+
+ENCODERS = ("nextitnet", "grec")
+PRETRAIN_CONFIG_FILENAME = "pretrain_config.json"
+METRICS_FILENAME = "metrics.json"
+TRAIN_LOSS_NAME = "pretrain_loss"
+PREDICTIONS_FILENAME = "predictions.tsv"
+
+# Hyperparameters of the original scripts (`model_para` of
+# NextitNet_TF_Pretrain.py / GRec_TF_Pretrain.py) and of the paper. A flag
+# given explicitly wins over its preset value.
+PRESETS = {
+    "demo": {
+        "channels": 64,                       # dilated_channels
+        "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
+        "kernel_size": 3,
+        "learning_rate": 0.001,
+        "batch_size": 2,                      # the demo's toy batch
+        "num_epochs": 2,                      # 'iterations'
+        # is_negsample: False (full softmax) in the NextItNet demo, which is
+        # the head of the authors' checkpoint; True in the GRec demo.
+        "softmax": {"nextitnet": "full", "grec": "sampled"},
+    },
+    "paper": {
+        "channels": 256,
+        "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
+        "kernel_size": 3,
+        "learning_rate": 0.001,
+        "batch_size": 32,
+        "num_epochs": 2,                      # "converges in 1-2 epochs"
+        "softmax": {"nextitnet": "sampled", "grec": "sampled"},
+    },
+}
+PRESET_KEYS = ("channels", "dilations", "kernel_size", "learning_rate",
+               "batch_size", "num_epochs", "softmax")
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+def resolve_hparams(preset, encoder, overrides=None):
+  """The preset's hyperparameters with explicit values on top.
+
+  Args:
+    preset: a key of PRESETS.
+    encoder: "nextitnet" or "grec" (the softmax default depends on it).
+    overrides: dict {key of PRESET_KEYS: value or None}; None keeps the
+      preset's value.
+
+  Returns:
+    dict with every key of PRESET_KEYS.
+  """
+  if preset not in PRESETS:
+    raise ValueError("preset must be one of %s, got %r" %
+                     (sorted(PRESETS), preset))
+  if encoder not in ENCODERS:
+    raise ValueError("encoder must be one of %s, got %r" % (ENCODERS, encoder))
+  values = dict(PRESETS[preset])
+  values["softmax"] = values["softmax"][encoder]
+  values["dilations"] = list(values["dilations"])
+  for key, value in (overrides or {}).items():
+    if key not in PRESET_KEYS:
+      raise ValueError("unknown hyperparameter %r (known: %s)" %
+                       (key, PRESET_KEYS))
+    if value is not None:
+      values[key] = value
+  values["dilations"] = [int(d) for d in values["dilations"]]
+  if values["softmax"] not in networks.SOFTMAX_TYPES:
+    raise ValueError("softmax must be one of %s, got %r" %
+                     (networks.SOFTMAX_TYPES, values["softmax"]))
+  return values
+
+
+def steps_per_epoch(num_train, batch_size):
+  """Training steps of one pass over `num_train` sequences (at least 1)."""
+  return max(1, num_train // batch_size)
+
+
+def check_init_checkpoint(init_checkpoint, config, softmax, data_dir=None):
+  """Fails early when a checkpoint cannot warm-start `config`.
+
+  Compares the checkpoint's `allitem_embeddings` with the data's item
+  vocabulary and the configured channels, then every backbone variable.
+
+  Args:
+    init_checkpoint: checkpoint prefix or directory.
+    config: modeling.ModelConfig.
+    softmax: "sampled" or "full"; a head absent from the checkpoint is only
+      logged (it starts from its initializer).
+    data_dir: for the error message.
+
+  Returns:
+    The resolved checkpoint prefix.
+
+  Raises:
+    ValueError naming both sizes.
+  """
+  path = checkpoint_lib.resolve_checkpoint(init_checkpoint)
+  stored = checkpoint_lib.model_variable_shapes(path)
+  table = stored.get("allitem_embeddings")
+  if table is None:
+    raise ValueError("--init_checkpoint %s has no allitem_embeddings: not a "
+                     "NextItNet/GRec checkpoint" % path)
+  if table[0] != config.item_size:
+    raise ValueError(
+        "--init_checkpoint %s has an item vocabulary of %d ids "
+        "(allitem_embeddings %s) but the data%s has item_vocab_size %d: the "
+        "checkpoint was trained on another item vocabulary" %
+        (path, table[0], table, "" if data_dir is None else " in " + data_dir,
+         config.item_size))
+  if table[1] != config.channels:
+    raise ValueError(
+        "--init_checkpoint %s has %d channels (allitem_embeddings %s) but "
+        "the configuration has %d channels (--channels / --preset)" %
+        (path, table[1], table, config.channels))
+  checkpoint_lib.check_shapes_match(path,
+                                    modeling.backbone_variable_shapes(config))
+  head = "softmax_w" if softmax == "sampled" else "logits/weight"
+  if head not in stored:
+    logging.warning(
+        "--init_checkpoint %s has no %s: the %s-softmax output layer starts "
+        "from its initializer (the checkpoint holds %s)", path, head, softmax,
+        [n for n in stored if n.startswith(("softmax", "logits"))] or "none")
+  return path
+
+
+def write_model_dir_files(model_dir, config, pretrain_config, item_vocab_path):
+  """Writes model_config.json, pretrain_config.json, item_vocab.txt.
+
+  Refuses a model_dir that holds a model of another configuration (its
+  checkpoints would not restore into this graph).
+  """
+  tf.io.gfile.makedirs(model_dir)
+  config_path = os.path.join(model_dir, modeling.CONFIG_FILENAME)
+  if tf.io.gfile.exists(config_path):
+    existing = modeling.ModelConfig.from_json_file(config_path).to_dict()
+    wanted = config.to_dict()
+    # The conv implementation does not change the variables.
+    differences = ["%s: %r -> %r" % (k, existing.get(k), wanted[k])
+                   for k in sorted(wanted)
+                   if k != "conv_implementation" and
+                   existing.get(k) != wanted[k]]
+    old_path = os.path.join(model_dir, PRETRAIN_CONFIG_FILENAME)
+    if tf.io.gfile.exists(old_path):
+      with tf.io.gfile.GFile(old_path) as reader:
+        old = json.loads(reader.read())
+      differences += ["%s: %r -> %r" % (k, old.get(k), pretrain_config[k])
+                      for k in ("encoder", "softmax")
+                      if old.get(k) != pretrain_config[k]]
+    if differences:
+      raise ValueError(
+          "--model_dir %s holds a model of another configuration (%s); its "
+          "checkpoints cannot be resumed with these settings. Use another "
+          "--model_dir." % (model_dir, "; ".join(differences)))
+  training_utils.write_text_atomic(config_path, config.to_json_string())
+  training_utils.write_json_atomic(
+      os.path.join(model_dir, PRETRAIN_CONFIG_FILENAME), pretrain_config)
+  if item_vocab_path:
+    shutil.copyfile(item_vocab_path,
+                    os.path.join(model_dir, data_loader.ITEM_VOCAB_FILE))
+
+
+# ---------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------
+
+
+def input_fn_builder(input_files, seq_length, batch_size, is_training,
+                     encoder, item_size, masked_lm_prob=0.3,
+                     max_predictions_per_seq=30, seed=None,
+                     shuffle_buffer=data_loader.DEFAULT_SHUFFLE_BUFFER):
+  """`data_loader.pretrain_input_fn_builder` plus GRec masking for training.
+
+  Args:
+    input_files: TFRecord file(s) with the `itemseq` feature.
+    seq_length: metadata seq_length.
+    batch_size: int; training batches are static (drop_remainder), eval
+      keeps the last partial batch.
+    is_training: bool.
+    encoder: "nextitnet" or "grec".
+    item_size: item vocabulary size (random replacements of the masking).
+    masked_lm_prob, max_predictions_per_seq: GRec masking (SPEC section 3).
+    seed: optional int: shuffle and masking seeds.
+    shuffle_buffer: records in the shuffle buffer.
+
+  Returns:
+    input_fn(params) -> tf.data.Dataset of dicts:
+      "itemseq": int32 [B, seq_length];
+      GRec training only: "masked_itemseq" int32 [B, seq_length],
+      "masked_positions" and "masked_labels" int32 [B, num_to_predict].
+  """
+  base_input_fn = data_loader.pretrain_input_fn_builder(
+      input_files, seq_length, batch_size, is_training, seed=seed,
+      shuffle_buffer=shuffle_buffer)
+  if encoder not in ENCODERS:
+    raise ValueError("encoder must be one of %s, got %r" % (ENCODERS, encoder))
+
+  def add_masks(features, stateless_seed):
+    masked, positions, labels = masking.mask_items(
+        features["itemseq"], item_size, masked_lm_prob,
+        max_predictions_per_seq, stateless_seed=stateless_seed)
+    features = dict(features)
+    features.update(masked_itemseq=masked, masked_positions=positions,
+                    masked_labels=labels)
+    return features
+
+  def input_fn(params):
+    dataset = base_input_fn(params)
+    if encoder == "grec" and is_training:
+      # One [2] stateless seed per batch from a seeded stream: the masks do
+      # not depend on the map's parallelism.
+      seeds = tf.data.Dataset.random(seed=seed).batch(2)
+      dataset = tf.data.Dataset.zip((dataset, seeds))
+      dataset = dataset.map(add_masks, num_parallel_calls=tf.data.AUTOTUNE)
+      dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset
+
+  return input_fn
+
+
+# ---------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------
+
+
+def evaluation_logits(itemseq, config, softmax):
+  """Scores of every item for the held-out last item of each sequence.
+
+  NextItNet: the backbone over itemseq[:, :-1], the last position.
+  GRec: the backbone over itemseq with its last item replaced by id 0, the
+  last position.
+
+  Args:
+    itemseq: int32 [batch_size, seq_length].
+    config: ModelConfig.
+    softmax: "sampled" or "full" (which output layer to create).
+
+  Returns:
+    (logits float32 [batch_size, item_size], labels int32 [batch_size]).
+  """
+  labels = itemseq[:, -1]
+  if config.causal:
+    context = itemseq[:, :-1]
+  else:
+    context = tf.concat([itemseq[:, :-1], tf.zeros_like(itemseq[:, -1:])],
+                        axis=1)
+  hidden, _ = modeling.backbone(context, config)
+  output_layer = networks.pretrain_output_layer(config, softmax)
+  logits = networks.item_logits(modeling.last_position(hidden), config,
+                                output_layer)
+  return logits, labels
+
+
+def ranking_outputs(logits, labels, top_k):
+  """Rank of the label among all items and the per-example metrics.
+
+  Rows whose held-out item is id 0 (`<UNK>`, i.e. right padding) get
+  weight 0: they are not items to recommend.
+
+  Returns:
+    dict: "rank" int32 [B], "weights" float32 [B], "xent" float32 [B],
+    "per_example" {"mrr@k", "hr@k", "ndcg@k"} float32 [B].
+  """
+  rank = metrics_lib.rank_of_positive(logits, labels)
+  return {
+      "rank": rank,
+      "weights": tf.cast(tf.not_equal(labels, 0), tf.float32),
+      "xent": tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=labels, logits=logits),
+      "per_example": metrics_lib.per_example_ranking_metrics(rank, top_k),
+  }
+
+
+def _count_metric(weights, name="num_examples"):
+  """Streaming sum of `weights`: (value, update_op), a local variable."""
+  with tf.compat.v1.variable_scope(name):
+    total = tf.compat.v1.get_variable(
+        "total", [], tf.float32, tf.compat.v1.zeros_initializer(),
+        trainable=False, collections=[
+            tf.compat.v1.GraphKeys.LOCAL_VARIABLES,
+            tf.compat.v1.GraphKeys.METRIC_VARIABLES
+        ])
+    update = tf.compat.v1.assign_add(total, tf.reduce_sum(weights))
+    return tf.identity(total), update
+
+
+def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
+                     init_checkpoint=None, top_k=5, beta1=0.9):
+  """Returns the `model_fn(features, labels, mode, params)` of the Estimator.
+
+  Variables carry the original names (`allitem_embeddings`,
+  `nextitnet_residual_blockdecoder_layer_{i}_{d}/...`, `softmax_w`/
+  `softmax_b` or `logits/...`, Adam's `<var>/Adam`, `<var>/Adam_1`,
+  `beta1_power`, `beta2_power`), so checkpoints are interchangeable with the
+  original code's.
+
+  Args:
+    config: modeling.ModelConfig; config.causal selects NextItNet (True,
+      features "itemseq") or GRec (False, features "masked_itemseq",
+      "masked_positions", "masked_labels" in training).
+    softmax: "sampled" or "full".
+    learning_rate: Adam learning rate.
+    num_sampled: negatives of the sampled softmax (default int(0.2 *
+      item_size)).
+    init_checkpoint: optional checkpoint to warm-start from (model variables
+      only: Adam slots and beta powers are not restored).
+    top_k: cut-off of the ranking metrics.
+    beta1: Adam beta1.
+
+  Returns:
+    model_fn. TRAIN: sampled- or full-softmax loss, Adam. EVAL: eval_metric_ops
+    "mrr@k", "hr@k", "ndcg@k", "xent_last" (cross-entropy of the held-out
+    item) and "num_examples"; loss = mean cross-entropy of the batch.
+    PREDICT: "top_k_ids", "top_k_scores" [B, k], "label", "rank" [B].
+  """
+  if num_sampled is None:
+    num_sampled = heads.default_num_sampled(config.item_size)
+
+  def model_fn(features, labels, mode, params):
+    del labels, params  # Unused: everything comes from `features`/closure.
+    if mode == tf.estimator.ModeKeys.TRAIN:
+      if config.causal:
+        outputs = networks.nextitnet_pretrain(
+            features["itemseq"], config, softmax=softmax,
+            num_sampled=num_sampled)
+      else:
+        outputs = networks.grec_pretrain(
+            features["masked_itemseq"], features["masked_positions"],
+            features["masked_labels"], config, softmax=softmax,
+            num_sampled=num_sampled)
+      # Named, so that ProgressHook can fetch it.
+      loss = tf.identity(outputs["loss"], name=TRAIN_LOSS_NAME)
+    else:
+      logits, label_ids = evaluation_logits(features["itemseq"], config,
+                                            softmax)
+      ranking = ranking_outputs(logits, label_ids, top_k)
+      weights = ranking["weights"]
+      loss = (tf.reduce_sum(ranking["xent"] * weights) /
+              tf.maximum(tf.reduce_sum(weights), 1.0))
+
+    _warm_start(init_checkpoint)
+
+    if mode == tf.estimator.ModeKeys.TRAIN:
+      optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate, beta1=beta1)
+      train_op = optimizer.minimize(
+          loss, global_step=tf.compat.v1.train.get_or_create_global_step())
+      return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+    if mode == tf.estimator.ModeKeys.EVAL:
+      per_example = dict(ranking["per_example"])
+      per_example["xent_last"] = ranking["xent"]
+      eval_metric_ops = metrics_lib.mean_metric_ops(per_example, weights)
+      eval_metric_ops["num_examples"] = _count_metric(weights)
+      return tf.estimator.EstimatorSpec(mode, loss=loss,
+                                        eval_metric_ops=eval_metric_ops)
+
+    top_scores, top_ids = tf.nn.top_k(logits, k=top_k)
+    predictions = {
+        "top_k_ids": top_ids,
+        "top_k_scores": top_scores,
+        "label": label_ids,
+        "rank": ranking["rank"],
+    }
+    return tf.estimator.EstimatorSpec(mode, predictions=predictions)
+
+  return model_fn
+
+
+def _warm_start(init_checkpoint):
+  """init_from_checkpoint for every model variable found in the checkpoint.
+
+  When --model_dir already has a checkpoint, the Estimator restores it over
+  these initial values (resuming wins over warm-starting).
+  """
+  variables = tf.compat.v1.global_variables()
+  restored = set()
+  if init_checkpoint:
+    assignment_map, restored = checkpoint_lib.assignment_map_from_checkpoint(
+        variables, init_checkpoint)
+    tf.compat.v1.train.init_from_checkpoint(init_checkpoint, assignment_map)
+  logging.info("**** Variables (%d; *INIT_FROM_CKPT* = warm-started from %s) "
+               "****", len(variables), init_checkpoint or "nothing")
+  checkpoint_lib.log_variables(variables, restored, logging.info)
+
+
+class ProgressHook(tf.estimator.SessionRunHook):
+  """Logs loss, steps/sec and examples/sec every `every_n_steps` steps.
+
+  Fetches the loss only on logging steps and counts steps locally, so it
+  adds nothing to the other steps. Also writes `examples/sec` to TensorBoard.
+  """
+
+  def __init__(self, loss_name, batch_size, every_n_steps, output_dir=None):
+    self._loss_name = loss_name
+    self._batch_size = batch_size
+    self._every_n_steps = max(1, int(every_n_steps))
+    self._output_dir = output_dir
+
+  def begin(self):
+    self._global_step = tf.compat.v1.train.get_global_step()
+    self._loss = tf.compat.v1.get_default_graph().get_tensor_by_name(
+        self._loss_name)
+    self._writer = (tf.compat.v1.summary.FileWriterCache.get(self._output_dir)
+                    if self._output_dir else None)
+
+  def after_create_session(self, session, coord):
+    del coord
+    self._step = int(session.run(self._global_step))
+    self._last_step = self._step
+    self._last_time = time.time()
+
+  def before_run(self, run_context):
+    del run_context
+    if (self._step + 1) % self._every_n_steps == 0:
+      return tf.estimator.SessionRunArgs(self._loss)
+    return None
+
+  def after_run(self, run_context, run_values):
+    del run_context
+    self._step += 1
+    if run_values.results is None:
+      return
+    now = time.time()
+    elapsed = max(now - self._last_time, 1e-9)
+    steps_per_sec = (self._step - self._last_step) / elapsed
+    examples_per_sec = steps_per_sec * self._batch_size
+    logging.info("step %d: loss = %.4f, %.2f steps/sec, %.1f examples/sec",
+                 self._step, run_values.results, steps_per_sec,
+                 examples_per_sec)
+    if self._writer is not None:
+      summary = tf.compat.v1.Summary(value=[
+          tf.compat.v1.Summary.Value(tag="examples/sec",
+                                     simple_value=examples_per_sec)])
+      self._writer.add_summary(summary, self._step)
+    self._last_step, self._last_time = self._step, now
+
+
+# ---------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------
+
+
+def build_estimator(model_fn, model_dir, seed=None, save_checkpoints_steps=1000,
+                    keep_checkpoint_max=5, save_summary_steps=100,
+                    log_step_count_steps=100, intra_op_threads=1,
+                    inter_op_threads=2):
+  """An Estimator with the cadences of PERF_NOTES (nothing every step)."""
+  run_config = tf.estimator.RunConfig(
+      model_dir=model_dir,
+      tf_random_seed=seed,
+      save_checkpoints_steps=save_checkpoints_steps,
+      keep_checkpoint_max=keep_checkpoint_max,
+      save_summary_steps=save_summary_steps,
+      log_step_count_steps=log_step_count_steps,
+      session_config=training_utils.session_config(intra_op_threads,
+                                                   inter_op_threads))
+  return tf.estimator.Estimator(model_fn=model_fn, config=run_config)
+
+
+def final_metrics(eval_result, top_k):
+  """Plain-Python metrics from an Estimator eval result."""
+  names = ["mrr@%d" % top_k, "hr@%d" % top_k, "ndcg@%d" % top_k, "xent_last",
+           "loss"]
+  out = collections.OrderedDict(
+      (name, float(eval_result[name])) for name in names if name in eval_result)
+  out["num_examples"] = int(round(float(eval_result["num_examples"])))
+  out["global_step"] = int(eval_result["global_step"])
+  return out
+
+
+def write_predictions(path, predictions, vocab_tokens):
+  """Writes predict-mode output as TSV: row, label, rank, top-k ids/tokens."""
+  lines = ["row\tlabel_id\tlabel_token\trank\ttop_k_ids\ttop_k_tokens"]
+  count = 0
+  for row, prediction in enumerate(predictions):
+    label = int(prediction["label"])
+    ids = [int(i) for i in prediction["top_k_ids"]]
+    lines.append("%d\t%d\t%s\t%d\t%s\t%s" % (
+        row, label, vocab_tokens[label], int(prediction["rank"]),
+        " ".join(str(i) for i in ids),
+        " ".join(vocab_tokens[i] for i in ids)))
+    count += 1
+  training_utils.write_text_atomic(path, "\n".join(lines) + "\n")
+  return count
+
+
+def run(settings):
+  """Runs pretraining/evaluation/prediction from a dict of resolved settings.
+
+  `main` builds `settings` from the flags (see `define_flags` for the keys).
+
+  Returns:
+    dict: the final metrics (empty when not evaluated).
+  """
+  s = dict(settings)
+  metadata = data_loader.load_metadata(s["data_dir"])
+  if metadata["kind"] != data_loader.PRETRAIN:
+    raise ValueError("--data_dir %s holds a %s dataset; pretraining needs "
+                     "--kind=pretrain data" % (s["data_dir"], metadata["kind"]))
+  hp = resolve_hparams(s["preset"], s["encoder"],
+                       {k: s.get(k) for k in PRESET_KEYS})
+  causal = s["encoder"] == "nextitnet"
+  seq_length = metadata["seq_length"]
+  config = modeling.ModelConfig(
+      item_size=metadata["item_vocab_size"], channels=hp["channels"],
+      dilations=hp["dilations"], kernel_size=hp["kernel_size"],
+      causal=causal,
+      has_positional_embedding=bool(s.get("has_positional_embedding")) and
+      not causal,
+      max_position=s.get("max_position") or 100,
+      conv_implementation=s.get("conv_implementation") or "matmul")
+  if config.has_positional_embedding and config.max_position < seq_length:
+    raise ValueError("--max_position %d is shorter than the sequences (%d)" %
+                     (config.max_position, seq_length))
+  num_sampled = s.get("num_sampled")
+  if num_sampled is None:
+    num_sampled = heads.default_num_sampled(config.item_size)
+  if hp["softmax"] == "sampled" and not 0 < num_sampled < config.item_size:
+    raise ValueError("num_sampled must be in [1, item_size=%d), got %d" %
+                     (config.item_size, num_sampled))
+  train_steps = s.get("train_steps")
+  if train_steps is None:
+    train_steps = hp["num_epochs"] * steps_per_epoch(metadata["num_train"],
+                                                     hp["batch_size"])
+  top_k = s.get("top_k") or 5
+  init_checkpoint = s.get("init_checkpoint") or None
+  if init_checkpoint:
+    init_checkpoint = check_init_checkpoint(init_checkpoint, config,
+                                            hp["softmax"], s["data_dir"])
+  model_dir = s["model_dir"]
+  pretrain_config = {
+      "encoder": s["encoder"],
+      "preset": s["preset"],
+      "softmax": hp["softmax"],
+      "num_sampled": num_sampled if hp["softmax"] == "sampled" else None,
+      "learning_rate": hp["learning_rate"],
+      "beta1": s.get("beta1", 0.9),
+      "batch_size": hp["batch_size"],
+      "eval_batch_size": s["eval_batch_size"],
+      "num_epochs": hp["num_epochs"],
+      "train_steps": train_steps,
+      "top_k": top_k,
+      "masked_lm_prob": s["masked_lm_prob"] if not causal else None,
+      "max_predictions_per_seq": (s["max_predictions_per_seq"]
+                                  if not causal else None),
+      "num_to_predict": (masking.num_to_predict(
+          seq_length, s["masked_lm_prob"], s["max_predictions_per_seq"])
+                         if not causal else None),
+      "seed": s.get("seed"),
+      "init_checkpoint": init_checkpoint,
+      "data_dir": metadata["data_dir"],
+      "data": {k: metadata.get(k) for k in (
+          "item_vocab_size", "item_vocab_sha1", "seq_length", "num_train",
+          "num_test", "pad_token_id", "input_csv", "test_fraction",
+          "split_seed")},
+      "command": " ".join(s.get("argv") or sys.argv),
+  }
+  write_model_dir_files(model_dir, config, pretrain_config,
+                        metadata["paths"]["item_vocab"])
+  logging.info("Model configuration:\n%s", config.to_json_string())
+  logging.info("Pretraining configuration:\n%s",
+               json.dumps(pretrain_config, indent=2, sort_keys=True))
+
+  model_fn = model_fn_builder(config, hp["softmax"], hp["learning_rate"],
+                              num_sampled=num_sampled,
+                              init_checkpoint=init_checkpoint, top_k=top_k,
+                              beta1=s.get("beta1", 0.9))
+  estimator = build_estimator(
+      model_fn, model_dir, seed=s.get("seed"),
+      save_checkpoints_steps=s["save_checkpoints_steps"],
+      keep_checkpoint_max=s["keep_checkpoint_max"],
+      save_summary_steps=s["save_summary_steps"],
+      log_step_count_steps=s["log_step_count_steps"],
+      intra_op_threads=s.get("intra_op_threads", 1),
+      inter_op_threads=s.get("inter_op_threads", 2))
+  masking_options = {"masked_lm_prob": s["masked_lm_prob"],
+                     "max_predictions_per_seq": s["max_predictions_per_seq"]}
+  train_input_fn = input_fn_builder(
+      metadata["paths"]["train"], seq_length, hp["batch_size"], True,
+      s["encoder"], config.item_size, seed=s.get("seed"),
+      shuffle_buffer=s.get("shuffle_buffer",
+                           data_loader.DEFAULT_SHUFFLE_BUFFER),
+      **masking_options)
+  eval_input_fn = input_fn_builder(
+      metadata["paths"]["test"], seq_length, s["eval_batch_size"], False,
+      s["encoder"], config.item_size, **masking_options)
+  do_train = s["do_train"] and train_steps > 0
+  do_eval = s["do_eval"]
+  if do_eval and metadata["num_test"] == 0:
+    logging.warning("the test split of %s is empty: no evaluation",
+                    s["data_dir"])
+    do_eval = False
+
+  eval_result = None
+  timings = {}
+  if do_train:
+    hooks = [ProgressHook(TRAIN_LOSS_NAME + ":0", hp["batch_size"],
+                          s["log_step_count_steps"], model_dir)]
+    start = time.time()
+    if do_eval:
+      train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=train_steps,
+                                          hooks=hooks)
+      eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=None,
+                                        throttle_secs=s["eval_throttle_secs"],
+                                        start_delay_secs=0)
+      eval_result, _ = tf.estimator.train_and_evaluate(estimator, train_spec,
+                                                       eval_spec)
+    else:
+      estimator.train(train_input_fn, max_steps=train_steps, hooks=hooks)
+    timings["train_and_eval_seconds"] = round(time.time() - start, 1)
+  if do_eval:
+    latest = tf.train.latest_checkpoint(model_dir)
+    latest_step = (None if latest is None else int(
+        tf.train.load_variable(latest, "global_step")))
+    if eval_result is None or int(eval_result["global_step"]) != latest_step:
+      start = time.time()
+      eval_result = estimator.evaluate(eval_input_fn, steps=None)
+      timings["eval_seconds"] = round(time.time() - start, 1)
+
+  metrics = {}
+  if eval_result is not None:
+    metrics = final_metrics(eval_result, top_k)
+    expected = metadata["num_test"]
+    if metrics["num_examples"] != expected:
+      logging.info("%d of %d test sequences were ranked (the others end in "
+                   "id 0, padding)", metrics["num_examples"], expected)
+    report = dict(metrics)
+    report.update({
+        "encoder": s["encoder"],
+        "softmax": hp["softmax"],
+        "top_k": top_k,
+        "num_test_sequences": expected,
+        "test_file": metadata["paths"]["test"],
+        "protocol": "held-out last item ranked among all %d items" %
+                    config.item_size,
+        "timings": timings,
+    })
+    training_utils.write_json_atomic(os.path.join(model_dir, METRICS_FILENAME),
+                                     report)
+    print(training_utils.format_metrics_table(
+        {k: v for k, v in metrics.items()},
+        title="%s pretraining, %s, step %d: full ranking of the last item" %
+        (s["encoder"], os.path.basename(os.path.normpath(s["data_dir"])),
+         metrics["global_step"])))
+    sys.stdout.flush()
+
+  if s.get("do_predict"):
+    vocab = data_loader.Vocabulary.load(metadata["paths"]["item_vocab"])
+    count = write_predictions(
+        os.path.join(model_dir, PREDICTIONS_FILENAME),
+        estimator.predict(eval_input_fn, yield_single_examples=True),
+        vocab.tokens)
+    logging.info("wrote %d predictions to %s", count,
+                 os.path.join(model_dir, PREDICTIONS_FILENAME))
+  return metrics
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def define_flags(flag_values=flags.FLAGS):
+  """Declares the flags (idempotent: safe to call twice, e.g. in tests)."""
+  if "encoder" in flag_values:
+    return
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("data_dir", None,
+                      "A pretraining dataset written by "
+                      "tfrecord_tools.convert_csv (metadata.json, "
+                      "train/test.tfrecord, item_vocab.txt).", **fv)
+  flags.DEFINE_string("model_dir", None,
+                      "Checkpoints, summaries, configs and metrics go here. "
+                      "Rerunning with the same model_dir resumes.", **fv)
+  flags.DEFINE_enum("encoder", "nextitnet", list(ENCODERS),
+                    "nextitnet: causal, predicts every next item. grec: "
+                    "non-causal masked item prediction.", **fv)
+  flags.DEFINE_enum("preset", "demo", sorted(PRESETS),
+                    "demo: the original scripts' model_para (64 channels, "
+                    "batch 2, 2 epochs; NextItNet full softmax, GRec "
+                    "sampled). paper: 256 channels, batch 32, lr 0.001, "
+                    "sampled softmax. Explicit flags win.", **fv)
+  flags.DEFINE_enum("softmax", None, list(networks.SOFTMAX_TYPES),
+                    "Output layer: sampled (softmax_w/softmax_b) or full "
+                    "(the 1x1 conv `logits`). Default: from --preset.", **fv)
+  flags.DEFINE_integer("num_sampled", None,
+                       "Negatives of the sampled softmax. Default "
+                       "int(0.2 * item_size).", **fv)
+  flags.DEFINE_integer("channels", None, "Residual channels C (preset).", **fv)
+  flags.DEFINE_list("dilations", None,
+                    "Dilations of the residual blocks, e.g. 1,4,1,4 "
+                    "(preset).", **fv)
+  flags.DEFINE_integer("kernel_size", None, "Convolution width (preset).", **fv)
+  flags.DEFINE_float("learning_rate", None, "Adam learning rate (preset).",
+                     **fv)
+  flags.DEFINE_float("beta1", 0.9, "Adam beta1.", **fv)
+  flags.DEFINE_integer("batch_size", None, "Training batch size (preset).",
+                       **fv)
+  flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.", **fv)
+  flags.DEFINE_integer("num_epochs", None,
+                       "Epochs when --train_steps is not given (preset).", **fv)
+  flags.DEFINE_integer("train_steps", None,
+                       "Total training steps (a resumed run continues up to "
+                       "this many). 0 = evaluate only. Default: num_epochs "
+                       "* (num_train // batch_size).", **fv)
+  flags.DEFINE_bool("do_train", True,
+                    "Train (false: evaluate/predict only).", **fv)
+  flags.DEFINE_bool("do_eval", True, "Evaluate on the whole test set.", **fv)
+  flags.DEFINE_bool("do_predict", False,
+                    "Write the top-k predictions for the test set to "
+                    "model_dir/predictions.tsv.", **fv)
+  flags.DEFINE_string("init_checkpoint", None,
+                      "Warm-start from this checkpoint (prefix or directory), "
+                      "e.g. the authors' model_nextitnet_transfer_pretrain"
+                      ".ckpt. Adam slots are not restored.", **fv)
+  flags.DEFINE_integer("top_k", 5, "Cut-off of MRR/HR/NDCG.", **fv)
+  flags.DEFINE_float("masked_lm_prob", 0.3, "GRec: fraction masked.", **fv)
+  flags.DEFINE_integer("max_predictions_per_seq", 30,
+                       "GRec: most masked positions per sequence.", **fv)
+  flags.DEFINE_bool("has_positional_embedding", False,
+                    "GRec: concatenate a learned positional embedding "
+                    "(doubles the width).", **fv)
+  flags.DEFINE_integer("max_position", 100,
+                       "GRec: rows of the positional embedding table.", **fv)
+  flags.DEFINE_enum("conv_implementation", "matmul",
+                    ["atrous", "conv2d", "matmul"],
+                    "How dilated convolutions are computed (same variables, "
+                    "same results; matmul is fastest on CPU).", **fv)
+  flags.DEFINE_integer("seed", 10, "Graph-level seed, shuffle and masking.",
+                       **fv)
+  flags.DEFINE_integer("save_checkpoints_steps", 1000,
+                       "Checkpoint every this many steps.", **fv)
+  flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.", **fv)
+  flags.DEFINE_integer("save_summary_steps", 100, "TensorBoard cadence.", **fv)
+  flags.DEFINE_integer("log_step_count_steps", 100,
+                       "Log loss, steps/sec and examples/sec this often.", **fv)
+  flags.DEFINE_integer("eval_throttle_secs", 600,
+                       "Evaluate a new checkpoint at most this often during "
+                       "training (the last one is always evaluated).", **fv)
+  flags.DEFINE_integer("shuffle_buffer", data_loader.DEFAULT_SHUFFLE_BUFFER,
+                       "Training shuffle buffer (records).", **fv)
+  flags.DEFINE_integer("intra_op_threads", 1,
+                       "Session intra-op threads (PERF_NOTES: 1 is best on 2 "
+                       "cores).", **fv)
+  flags.DEFINE_integer("inter_op_threads", 2, "Session inter-op threads.", **fv)
+
+
+SETTING_FLAGS = (
+    "data_dir", "model_dir", "encoder", "preset", "softmax", "num_sampled",
+    "channels", "dilations", "kernel_size", "learning_rate", "beta1",
+    "batch_size", "eval_batch_size", "num_epochs", "train_steps", "do_train",
+    "do_eval", "do_predict", "init_checkpoint", "top_k", "masked_lm_prob",
+    "max_predictions_per_seq", "has_positional_embedding", "max_position",
+    "conv_implementation", "seed", "save_checkpoints_steps",
+    "keep_checkpoint_max", "save_summary_steps", "log_step_count_steps",
+    "eval_throttle_secs", "shuffle_buffer", "intra_op_threads",
+    "inter_op_threads")
+
+
+def default_settings(**overrides):
+  """The flags' defaults as a settings dict for `run`, with `overrides`.
+
+  Lets tests and other scripts call `run` without parsing a command line.
+  """
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  settings = {name: flag_values[name].default for name in SETTING_FLAGS}
+  unknown = sorted(set(overrides) - set(settings) - {"argv"})
+  if unknown:
+    raise ValueError("unknown settings %s" % unknown)
+  settings.update(overrides)
+  return settings
+
+
+def main(argv):
+  del argv
+  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.INFO)
+  logging.set_verbosity(logging.INFO)
+  tf.get_logger().propagate = False  # TensorFlow's lines once, not twice.
+  settings = {name: getattr(flags.FLAGS, name) for name in SETTING_FLAGS}
+  settings["argv"] = sys.argv
+  run(settings)
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["data_dir", "model_dir"])
+  app.run(main)
