@@ -816,17 +816,24 @@ def load_task_patch(patch_dir, backbone_checkpoint=None):
 def make_estimator(model_fn, model_dir, save_checkpoints_steps=1000,
                    save_summary_steps=100, log_step_count_steps=100,
                    keep_checkpoint_max=5, tf_random_seed=None,
-                   intra_op_threads=1, inter_op_threads=2):
-  """An Estimator with the session config and cadences of PERF_NOTES.md."""
+                   intra_op_threads=1, inter_op_threads=2,
+                   save_graph_def=False):
+  """An Estimator with the session config and cadences of PERF_NOTES.md.
+
+  `save_graph_def=False` skips graph.pbtxt and the checkpoints' .meta files
+  (the graph is rebuilt from code; writing them costs seconds per run).
+  """
   run_config = tf.estimator.RunConfig(
       model_dir=model_dir, tf_random_seed=tf_random_seed,
+      checkpoint_save_graph_def=save_graph_def,
       save_checkpoints_steps=save_checkpoints_steps,
       save_summary_steps=save_summary_steps,
       log_step_count_steps=log_step_count_steps,
       keep_checkpoint_max=keep_checkpoint_max,
       session_config=training_utils.session_config(intra_op_threads,
                                                    inter_op_threads))
-  return tf.estimator.Estimator(model_fn=model_fn, config=run_config)
+  return tf.estimator.Estimator(model_fn=model_fn, config=run_config,
+                                params={})
 
 
 def eval_input_fn(metadata, config, task, eval_protocol, num_eval_negatives,
@@ -972,7 +979,7 @@ def run(options):
       log_step_count_steps=f.log_step_count_steps,
       keep_checkpoint_max=f.keep_checkpoint_max,
       tf_random_seed=tf_random_seed, intra_op_threads=f.intra_op_threads,
-      inter_op_threads=f.inter_op_threads)
+      inter_op_threads=f.inter_op_threads, save_graph_def=f.save_graph_def)
 
   outputs = {"parameters": report}
   if f.do_train:
@@ -1169,6 +1176,8 @@ def define_flags(flag_values=flags.FLAGS):
                        "and steps/s log.", flag_values=fv)
   flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.",
                        flag_values=fv)
+  flags.DEFINE_bool("save_graph_def", False, "Write graph.pbtxt and .meta "
+                    "files with the checkpoints.", flag_values=fv)
   flags.DEFINE_integer("intra_op_threads", 1, "intra_op_parallelism_threads.",
                        flag_values=fv)
   flags.DEFINE_integer("inter_op_threads", 2, "inter_op_parallelism_threads.",
