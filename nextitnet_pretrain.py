@@ -547,13 +547,15 @@ def run(settings):
   hp = resolve_hparams(s["preset"], s["encoder"],
                        {k: s.get(k) for k in PRESET_KEYS})
   causal = s["encoder"] == "nextitnet"
+  if causal and s.get("has_positional_embedding"):
+    raise ValueError("--has_positional_embedding is a GRec option "
+                     "(--encoder=grec)")
   seq_length = metadata["seq_length"]
   config = modeling.ModelConfig(
       item_size=metadata["item_vocab_size"], channels=hp["channels"],
       dilations=hp["dilations"], kernel_size=hp["kernel_size"],
       causal=causal,
-      has_positional_embedding=bool(s.get("has_positional_embedding")) and
-      not causal,
+      has_positional_embedding=bool(s.get("has_positional_embedding")),
       max_position=s.get("max_position") or 100,
       conv_implementation=s.get("conv_implementation") or "matmul")
   if config.has_positional_embedding and config.max_position < seq_length:
@@ -604,6 +606,11 @@ def run(settings):
   }
   write_model_dir_files(model_dir, config, pretrain_config,
                         metadata["paths"]["item_vocab"])
+  resumed_from = tf.train.latest_checkpoint(model_dir)
+  if resumed_from:
+    logging.info("%s exists: continuing from it%s", resumed_from,
+                 " (--init_checkpoint is only used by a fresh --model_dir)"
+                 if init_checkpoint else "")
   logging.info("Model configuration:\n%s", config.to_json_string())
   logging.info("Pretraining configuration:\n%s",
                json.dumps(pretrain_config, indent=2, sort_keys=True))

@@ -330,3 +330,23 @@ def test_grec_training_input_is_masked_and_static(demo_data):
   sizes = [b["itemseq"].shape[0] for b in eval_fn({})]
   assert sum(sizes) == metadata["num_test"] and set(eval_fn({}).element_spec)\
       == {"itemseq"}
+
+
+def test_grec_positional_embedding_option(demo_data, tmp_path):
+  model_dir = str(tmp_path / "pos")
+  metrics = pretrain.run(pretrain.default_settings(
+      data_dir=demo_data, model_dir=model_dir, encoder="grec", channels=8,
+      dilations=[1, 2], has_positional_embedding=True, max_position=20,
+      batch_size=4, train_steps=2))
+  assert metrics["global_step"] == 2
+  shapes = dict(tf.train.list_variables(model_dir))
+  assert shapes["dec_pos/lookup_table_position"] == [20, 8]
+  assert shapes["softmax_w"] == [175, 16]  # the concatenation doubles C
+  with pytest.raises(ValueError, match="GRec option"):
+    pretrain.run(pretrain.default_settings(
+        data_dir=demo_data, model_dir=str(tmp_path / "causal"),
+        has_positional_embedding=True))
+  with pytest.raises(ValueError, match="max_position 5 is shorter"):
+    pretrain.run(pretrain.default_settings(
+        data_dir=demo_data, model_dir=str(tmp_path / "short"), encoder="grec",
+        has_positional_embedding=True, max_position=5))
