@@ -537,8 +537,11 @@ def check_compatibility(init_checkpoint, config, metadata):
 
   Compares the data's item vocabulary with the configuration, then the
   checkpoint's item vocabulary, channels, dilations, kernel size and
-  positional embedding with the configuration and the data, and finally
-  every backbone variable shape (`ops.checkpoint.check_shapes_match`).
+  positional embedding with the configuration and the data; when the
+  checkpoint's directory holds the pretraining `item_vocab.txt` (the
+  pretraining script copies it there), its contents must be the data's
+  item vocabulary, not just its size; finally every backbone variable
+  shape (`ops.checkpoint.check_shapes_match`).
 
   Args:
     init_checkpoint: checkpoint prefix/dir, or None (nothing to compare).
@@ -565,6 +568,16 @@ def check_compatibility(init_checkpoint, config, metadata):
       if stored[key] != getattr(config, key):
         problems.append("%s: checkpoint %s, configuration %s" %
                         (label, stored[key], getattr(config, key)))
+    vocab_path = os.path.join(
+        os.path.dirname(checkpoint_lib.resolve_checkpoint(init_checkpoint)),
+        data_loader.ITEM_VOCAB_FILE)
+    data_sha1 = metadata.get("item_vocab_sha1")
+    if (not problems and data_sha1 and tf.io.gfile.exists(vocab_path) and
+        data_loader.Vocabulary.load(vocab_path).sha1() != data_sha1):
+      problems.append(
+          "item vocabulary: the checkpoint's %s and the data's "
+          "item_vocab.txt both have %d ids but map items to different ids"
+          % (vocab_path, data_items))
   if problems:
     hint = ""
     if any(p.startswith("item vocabulary") for p in problems):

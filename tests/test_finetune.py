@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import data_loader
 import peterrec_finetune as ft
 from ops import checkpoint as checkpoint_lib
 from ops import heads
 from ops import modeling
 from tests import conftest
+from tfrecord_tools import convert_csv
 
 DEMO_TARGETS = 32  # 31 demo target ids + <UNK> (data/peterrec_demo/SOURCE.md)
 
@@ -346,3 +348,28 @@ def test_compatibility_errors_name_the_sizes():
   assert ("dilations: checkpoint [1, 4, 1, 4, 1, 4, 1, 4], configuration "
           "[1, 2]") in str(error.value)
   ft.check_compatibility(prefix, config, metadata)  # the right one passes
+
+
+def test_same_size_but_different_item_vocabulary(tmp_path):
+  data = convert_csv.make_finetune_dataset(
+      str(tmp_path / "data"), [["a", "b", "c"], ["d", "e", "f"]],
+      [["x"], ["y"]], test_fraction=0.5)
+  assert data["item_vocab_size"] == 7
+  config = tiny_config(True).replace(item_size=7)
+  model_dir = tmp_path / "pretrain"
+  model_dir.mkdir()
+  with tf.Graph().as_default():
+    modeling.backbone(tf.zeros([1, 3], tf.int32), config)
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      prefix = tf.compat.v1.train.Saver().save(session,
+                                               str(model_dir / "model.ckpt"))
+  metadata = dict(data, data_dir=str(tmp_path / "data"))
+  ft.check_compatibility(prefix, config, metadata)  # no vocabulary file: ok
+  data_loader.Vocabulary(["a", "b", "c", "d", "e", "f"]).save(
+      str(model_dir / "item_vocab.txt"))
+  ft.check_compatibility(prefix, config, metadata)  # the same ids: ok
+  data_loader.Vocabulary(["f", "e", "d", "c", "b", "a"]).save(
+      str(model_dir / "item_vocab.txt"))
+  with pytest.raises(ft.CompatibilityError, match="different ids"):
+    ft.check_compatibility(prefix, config, metadata)
