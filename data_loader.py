@@ -903,3 +903,31 @@ def finetune_input_fn_builder(input_files, source_length, causal, batch_size,
     return dataset.prefetch(tf.data.AUTOTUNE)
 
   return input_fn
+
+
+def check_id_range(ids, vocab_size, what):
+  """`ids` with run-time assertions that every id is in [0, vocab_size).
+
+  An id outside the table is a data error (records written with another
+  vocabulary), not something to embed as a silent zero or clip. The check
+  is two reductions per batch.
+
+  Args:
+    ids: int Tensor of any shape.
+    vocab_size: int, rows of the embedding table the ids index.
+    what: name used in the message, e.g. "item id".
+
+  Returns:
+    `ids`, after the assertions (InvalidArgumentError with `what` and the
+    vocabulary size when one fails).
+  """
+  message = ("%s out of range: every id must be in [0, %d) (the vocabulary "
+             "size); the data was written with another vocabulary" %
+             (what, vocab_size))
+  checks = [
+      tf.debugging.assert_non_negative(ids, message=message),
+      tf.debugging.assert_less(ids, tf.cast(vocab_size, ids.dtype),
+                               message=message),
+  ]
+  with tf.control_dependencies(checks):
+    return tf.identity(ids)

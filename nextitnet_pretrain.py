@@ -27,7 +27,6 @@ the total, not the remaining, number of steps).
 import collections
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -203,8 +202,9 @@ def write_model_dir_files(model_dir, config, pretrain_config, item_vocab_path):
   training_utils.write_json_atomic(
       os.path.join(model_dir, PRETRAIN_CONFIG_FILENAME), pretrain_config)
   if item_vocab_path:
-    shutil.copyfile(item_vocab_path,
-                    os.path.join(model_dir, data_loader.ITEM_VOCAB_FILE))
+    with open(item_vocab_path, encoding="utf-8") as reader:
+      training_utils.write_text_atomic(
+          os.path.join(model_dir, data_loader.ITEM_VOCAB_FILE), reader.read())
 
 
 # ---------------------------------------------------------------------------
@@ -365,6 +365,12 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
 
   def model_fn(features, labels, mode, params):
     del labels, params  # Unused: everything comes from `features`/closure.
+    # Ids outside the embedding table are a data error, not a zero vector.
+    features = {
+        name: (value if name == "masked_positions" else
+               data_loader.check_id_range(value, config.item_size,
+                                          "item id in features[%r]" % name))
+        for name, value in features.items()}
     if mode == tf.estimator.ModeKeys.TRAIN:
       if config.causal:
         outputs = networks.nextitnet_pretrain(
@@ -540,6 +546,11 @@ def run(settings):
     dict: the final metrics (empty when not evaluated).
   """
   s = dict(settings)
+  # Fail fast, before reading data or building graphs.
+  training_utils.check_writable_dir(s["model_dir"], "--model_dir")
+  if s.get("deterministic"):
+    training_utils.enable_determinism()
+  cluster_task = training_utils.tf_config_task()
   metadata = data_loader.load_metadata(s["data_dir"])
   if metadata["kind"] != data_loader.PRETRAIN:
     raise ValueError("--data_dir %s holds a %s dataset; pretraining needs "
@@ -596,6 +607,7 @@ def run(settings):
           seq_length, s["masked_lm_prob"], s["max_predictions_per_seq"])
                          if not causal else None),
       "seed": s.get("seed"),
+      "deterministic": bool(s.get("deterministic")),
       "init_checkpoint": init_checkpoint,
       "data_dir": metadata["data_dir"],
       "data": {k: metadata.get(k) for k in (
@@ -629,9 +641,13 @@ def run(settings):
       inter_op_threads=s.get("inter_op_threads", 2))
   masking_options = {"masked_lm_prob": s["masked_lm_prob"],
                      "max_predictions_per_seq": s["max_predictions_per_seq"]}
+  train_seed = s.get("seed")
+  if cluster_task is not None and train_seed is not None:
+    # Every worker reads all training files; its own shuffle order.
+    train_seed += {"chief": 0}.get(cluster_task[0], 1 + cluster_task[1])
   train_input_fn = input_fn_builder(
       metadata["paths"]["train"], seq_length, hp["batch_size"], True,
-      s["encoder"], config.item_size, seed=s.get("seed"),
+      s["encoder"], config.item_size, seed=train_seed,
       shuffle_buffer=s.get("shuffle_buffer",
                            data_loader.DEFAULT_SHUFFLE_BUFFER),
       **masking_options)
@@ -640,6 +656,16 @@ def run(settings):
       s["encoder"], config.item_size, **masking_options)
   do_train = s["do_train"] and train_steps > 0
   do_eval = s["do_eval"]
+  if cluster_task is not None:
+    # TF_CONFIG: train_and_evaluate runs this task's role (chief, worker,
+    # ps, evaluator); only the evaluator evaluates and writes metrics.json.
+    if not (do_train and do_eval):
+      raise ValueError("under TF_CONFIG (%s task %d) training and evaluation "
+                       "run through train_and_evaluate: --do_train and "
+                       "--do_eval must be true" % cluster_task[:2])
+    if s.get("do_predict"):
+      raise ValueError("--do_predict is not supported under TF_CONFIG")
+  data_files = [metadata["paths"]["train"], metadata["paths"]["test"]]
   if do_eval and metadata["num_test"] == 0:
     logging.warning("the test split of %s is empty: no evaluation",
                     s["data_dir"])
@@ -657,18 +683,24 @@ def run(settings):
       eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=None,
                                         throttle_secs=s["eval_throttle_secs"],
                                         start_delay_secs=0)
-      eval_result, _ = tf.estimator.train_and_evaluate(estimator, train_spec,
-                                                       eval_spec)
+      with training_utils.data_loss_guard(data_files):
+        eval_result, _ = (tf.estimator.train_and_evaluate(
+            estimator, train_spec, eval_spec) or (None, None))
     else:
-      estimator.train(train_input_fn, max_steps=train_steps, hooks=hooks)
+      with training_utils.data_loss_guard(data_files):
+        estimator.train(train_input_fn, max_steps=train_steps, hooks=hooks)
     timings["train_and_eval_seconds"] = round(time.time() - start, 1)
+  if cluster_task is not None and cluster_task[0] != "evaluator":
+    logging.info("%s task %d done", cluster_task[0], cluster_task[1])
+    return {}
   if do_eval:
     latest = tf.train.latest_checkpoint(model_dir)
     latest_step = (None if latest is None else int(
         tf.train.load_variable(latest, "global_step")))
     if eval_result is None or int(eval_result["global_step"]) != latest_step:
       start = time.time()
-      eval_result = estimator.evaluate(eval_input_fn, steps=None)
+      with training_utils.data_loss_guard(data_files):
+        eval_result = estimator.evaluate(eval_input_fn, steps=None)
       timings["eval_seconds"] = round(time.time() - start, 1)
 
   metrics = {}
@@ -782,6 +814,10 @@ def define_flags(flag_values=flags.FLAGS):
                     "same results; matmul is fastest on CPU).", **fv)
   flags.DEFINE_integer("seed", 10, "Graph-level seed, shuffle and masking.",
                        **fv)
+  flags.DEFINE_bool("deterministic", False,
+                    "tf.config.experimental.enable_op_determinism(): with "
+                    "the same --seed, two runs give identical losses and "
+                    "metrics (README 'Reliability': what it costs).", **fv)
   flags.DEFINE_integer("save_checkpoints_steps", 1000,
                        "Checkpoint every this many steps.", **fv)
   flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.", **fv)
@@ -805,7 +841,7 @@ SETTING_FLAGS = (
     "batch_size", "eval_batch_size", "num_epochs", "train_steps", "do_train",
     "do_eval", "do_predict", "init_checkpoint", "top_k", "masked_lm_prob",
     "max_predictions_per_seq", "has_positional_embedding", "max_position",
-    "conv_implementation", "seed", "save_checkpoints_steps",
+    "conv_implementation", "seed", "deterministic", "save_checkpoints_steps",
     "keep_checkpoint_max", "save_summary_steps", "log_step_count_steps",
     "eval_throttle_secs", "shuffle_buffer", "intra_op_threads",
     "inter_op_threads")
@@ -833,7 +869,10 @@ def main(argv):
   tf.get_logger().propagate = False  # TensorFlow's lines once, not twice.
   settings = {name: getattr(flags.FLAGS, name) for name in SETTING_FLAGS}
   settings["argv"] = sys.argv
-  run(settings)
+  try:
+    run(settings)
+  except (training_utils.RunError, data_loader.DatasetError) as e:
+    sys.exit("error: %s" % e)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ def session_config(intra_op_threads=1, inter_op_threads=2):
       intra_op_parallelism_threads=intra_op_threads,
       inter_op_parallelism_threads=inter_op_threads,
       allow_soft_placement=True)
+  filters = distributed_device_filters()
+  if filters:  # Under TF_CONFIG only (see distributed_device_filters).
+    config.device_filters.extend(filters)
   return config
 
 
@@ -84,3 +87,142 @@ def _format_number(value, digits):
   if isinstance(value, float):
     return "%.*f" % (digits, value)
   return str(value)
+
+
+# ---------------------------------------------------------------------------
+# Reliability: writable directories, corrupt input, determinism, TF_CONFIG
+# ---------------------------------------------------------------------------
+
+
+class RunError(ValueError):
+  """A run cannot start or continue; the message names the file or path."""
+
+
+def check_writable_dir(path, flag_name="--model_dir"):
+  """Fails fast, before anything is built, when `path` cannot be written.
+
+  Does not create `path`: checks that `path` (or, when it does not exist
+  yet, its nearest existing parent) is a directory in which a file can be
+  created, with a probe file that is removed again.
+
+  Raises:
+    RunError naming `path` (a parent that is a regular file, a read-only
+    file system, no permission).
+  """
+  if not path:
+    raise RunError("%s is empty" % flag_name)
+  if "://" in path:  # gs://, hdfs://: the first write will tell.
+    return
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  try:
+    if not os.path.isdir(existing):
+      raise OSError("%s is not a directory" % existing)
+    handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+    os.close(handle)
+    os.remove(probe)
+  except OSError as e:
+    raise RunError("%s %s is not a writable directory: %s" %
+                   (flag_name, path, e))
+
+
+def find_corrupt_tfrecords(paths):
+  """Reads every record of each file; returns [(path, good records, error)].
+
+  A full CRC pass (TFRecordDataset checks the length and data CRCs): used
+  only after a DataLossError, to name the file TensorFlow's message omits.
+  """
+  bad = []
+  for path in paths:
+    count = 0
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        count += 1
+    except tf.errors.OpError as e:
+      message = e.message.split("}}")[-1].strip()
+      bad.append((path, count, message))
+  return bad
+
+
+class data_loss_guard(object):  # pylint: disable=invalid-name
+  """Turns a DataLossError of the input pipeline into one naming the file.
+
+  tf.data reports a truncated or corrupted TFRecord as `DataLossError:
+  truncated record at 11484` without the file. Around `estimator.train` /
+  `evaluate`, this scans `input_files` (only when the error happened, so a
+  healthy run pays nothing) and raises RunError naming the bad file(s).
+
+    with training_utils.data_loss_guard([train_file, test_file]):
+      estimator.train(...)
+  """
+
+  def __init__(self, input_files):
+    self._files = ([input_files] if isinstance(input_files, str)
+                   else list(input_files))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, traceback):
+    if exc_type is None or not issubclass(exc_type, tf.errors.DataLossError):
+      return False
+    bad = find_corrupt_tfrecords(self._files)
+    if bad:
+      detail = "; ".join("%s (%d good records, then: %s)" % b for b in bad)
+    else:
+      detail = "one of %s" % ", ".join(self._files)
+    raise RunError("corrupt or truncated TFRecord file: %s. Re-create it "
+                   "with tfrecord_tools.convert_csv. (TensorFlow: %s)" %
+                   (detail, exc.message.split("}}")[-1].strip()))
+
+
+def enable_determinism():
+  """Deterministic kernels for every graph of this process.
+
+  `tf.config.experimental.enable_op_determinism()`: ops pick deterministic
+  implementations (or raise when none exists) and tf.data keeps element
+  order. Seeds are the caller's job: the Estimator's `tf_random_seed` (the
+  graph-level seed, hence every initializer and sampler op seed) and the
+  input_fns' `seed` (shuffle, negatives, masks).
+  """
+  tf.config.experimental.enable_op_determinism()
+
+
+def tf_config_task(environ=None):
+  """(task type, task index, cluster dict) from TF_CONFIG, or None.
+
+  None when TF_CONFIG is unset or has no cluster (a single-process run).
+  """
+  environ = os.environ if environ is None else environ
+  raw = environ.get("TF_CONFIG")
+  if not raw:
+    return None
+  config = json.loads(raw)
+  cluster = config.get("cluster") or {}
+  task = config.get("task") or {}
+  if not cluster:
+    return None
+  return task.get("type"), int(task.get("index", 0)), cluster
+
+
+def distributed_device_filters(environ=None):
+  """The device filters the Estimator sets itself when it owns the config.
+
+  Estimator only adds them when `session_config` is None; our runs pass one
+  (thread counts), so we add them: a chief/worker talks to the ps tasks and
+  itself, not to the other workers (which may not have started yet).
+  """
+  task = tf_config_task(environ)
+  if task is None:
+    return None
+  task_type, index, _ = task
+  if task_type == "chief":
+    return ["/job:ps", "/job:chief"]
+  if task_type == "master":
+    return ["/job:ps", "/job:master"]
+  if task_type == "worker":
+    return ["/job:ps", "/job:worker/task:%d" % index]
+  if task_type == "ps":
+    return ["/job:ps", "/job:worker", "/job:chief", "/job:master"]
+  return None
