@@ -1,24 +1,9 @@
-"""A tiny two-domain world with a planted transferable signal, for tests.
+"""The planted-transfer world of `tfrecord_tools.synthetic`, pretrained, for tests.
 
-Users belong to one of `num_groups` latent groups; each group owns
-`items_per_group` source items arranged in a ring. A user's source sequence
-is a walk on the group's ring (start anywhere, then move 1, 2 or 3 places
-per step), so the next item depends on the current one. The target task is
-a user-profile task: predict the group (a class label) from the source
-sequence, for new users, with few labels.
-
-What makes the signal transferable, and what each method can use:
-- Next-item pretraining on many unlabelled sequences learns which items
-  belong together and how the walk moves: the backbone knows the groups.
-- In the fine-tuning rows the `[CLS]` slot (item id 0, never seen in
-  pretraining) sits where the "current item" is, which is what a
-  pretrained NextItNet state mostly encodes; the group must be gathered
-  from the earlier positions. Model patches and `layer_norm2` can adapt
-  the network to do that (PeterRec); a head on the frozen `[CLS]` state
-  (FineCLS) gets only what happens to be there.
-- A randomly initialized frozen backbone (PeterZero) knows nothing about
-  the items; the patches alone cannot learn hundreds of items from a few
-  hundred labels in the same budget.
+The world itself (latent user groups drive the source-domain walks; the
+target task predicts the group of new users) and why transfer helps are
+described in `tfrecord_tools/synthetic.py`, which the built-in demo
+(`reproduce_tables.py --dataset=demo`) uses too.
 
 `make_world` writes the pretraining and fine-tuning datasets with the
 project's converter (fine-tuning sources mapped through the pretraining
@@ -34,17 +19,7 @@ import data_loader
 from ops import modeling
 from ops import networks
 from tfrecord_tools import convert_csv
-
-
-def walk_sequences(rng, groups, items_per_group, length):
-  """One token list per user: a walk on the ring of the user's group."""
-  rows = []
-  for group in groups:
-    steps = np.concatenate([[rng.randint(items_per_group)],
-                            rng.randint(1, 4, size=length - 1)])
-    items = group * items_per_group + np.cumsum(steps) % items_per_group
-    rows.append(["s%d" % i for i in items])
-  return rows
+from tfrecord_tools import synthetic
 
 
 def make_world(directory, num_groups=4, items_per_group=100, source_length=9,
@@ -61,8 +36,11 @@ def make_world(directory, num_groups=4, items_per_group=100, source_length=9,
   """
   rng = np.random.RandomState(seed)
   pretrain_data = os.path.join(directory, "pretrain_data")
-  groups = rng.randint(num_groups, size=num_pretrain_users)
-  sequences = walk_sequences(rng, groups, items_per_group, source_length + 1)
+  world = synthetic.generate_world(
+      rng, num_groups=num_groups, items_per_group=items_per_group,
+      source_length=source_length, num_pretrain_users=num_pretrain_users,
+      num_finetune_users=num_finetune_users)
+  sequences = world["pretrain"]
   convert_csv.make_pretrain_dataset(pretrain_data, sequences,
                                     test_fraction=0.0)
   vocab_path = os.path.join(pretrain_data, data_loader.ITEM_VOCAB_FILE)
@@ -70,9 +48,7 @@ def make_world(directory, num_groups=4, items_per_group=100, source_length=9,
   item_ids = vocab.transform(sequences, source_length + 1)
 
   # New users for the target task, labelled with their group.
-  groups = rng.randint(num_groups, size=num_finetune_users)
-  sources = walk_sequences(rng, groups, items_per_group, source_length)
-  labels = [["group%d" % g] for g in groups]
+  sources, labels = world["finetune_sources"], world["group_labels"]
   finetune_data = os.path.join(directory, "finetune_data")
   convert_csv.make_finetune_dataset(finetune_data, sources, labels,
                                     item_vocab=vocab_path,

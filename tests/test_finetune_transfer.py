@@ -1,6 +1,7 @@
 """Transfer on a planted signal: PeterRec beats PeterZero and FineCLS.
 
-The world (tests/finetune_synthetic.py): latent user groups decide the
+The world (tfrecord_tools/synthetic.py, pretrained by
+tests/finetune_synthetic.py): latent user groups decide the
 source-domain walks; the target task predicts the group of new users from
 200 labels. A small NextItNet is pretrained on 4,000 unlabelled sequences,
 then PeterRec, PeterZero (same graph and trainable set, random backbone)
