@@ -36,7 +36,7 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
-    exec "$VENV/bin/python" -m pytest -q tests "$@"
+    exec "$VENV/bin/python" -m pytest -q --durations=15 tests "$@"
     ;;
   *)
     echo "usage: bash run.sh demo|test [args...]" >&2
