@@ -17,7 +17,8 @@ def block_scope_name(layer_id, dilation):
 
 
 def residual_block(inputs, dilation, layer_id, kernel_size, causal=True,
-                   patch=None, cardinality=1, conv_implementation="atrous"):
+                   patch=None, cardinality=1, conv_implementation="atrous",
+                   layer_norm_implementation="moments"):
   """One residual block of NextItNet, optionally with PeterRec model patches.
 
   Plain:    conv1(d) -> layer_norm1 -> relu -> conv2(2d) -> layer_norm2 -> relu
@@ -40,6 +41,7 @@ def residual_block(inputs, dilation, layer_id, kernel_size, causal=True,
     patch: None, "serial" or "parallel".
     cardinality: int, branches of each model patch.
     conv_implementation: see layers.CONV_IMPLEMENTATIONS.
+    layer_norm_implementation: see layers.LAYER_NORM_IMPLEMENTATIONS.
 
   Returns:
     float32 Tensor [batch_size, seq_length, C].
@@ -63,7 +65,8 @@ def residual_block(inputs, dilation, layer_id, kernel_size, causal=True,
       elif patch == "parallel":
         conv = conv + layers.get_mp(hidden, cardinality, name=patch_name,
                                     conv_implementation=conv_implementation)
-      normalized = layers.layer_norm(conv,
-                                     name="layer_norm{}".format(conv_index))
+      normalized = layers.layer_norm(
+          conv, name="layer_norm{}".format(conv_index),
+          implementation=layer_norm_implementation)
       hidden = tf.nn.relu(normalized)
     return inputs + hidden

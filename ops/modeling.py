@@ -29,6 +29,8 @@ class ModelConfig:
   has_positional_embedding: bool = False  # GRec option: concat, doubles C
   max_position: int = 100             # rows of the positional table
   conv_implementation: str = "matmul"  # see ops.layers.CONV_IMPLEMENTATIONS
+  # see ops.layers.LAYER_NORM_IMPLEMENTATIONS; "moments" is the original graph
+  layer_norm_implementation: str = "analytic"
 
   @property
   def hidden_size(self):
@@ -116,7 +118,8 @@ def backbone(item_ids, config, patch=None, cardinality=1, embedding_table=None):
     hidden = blocks.residual_block(
         hidden, dilation, layer_id, config.kernel_size, causal=config.causal,
         patch=patch, cardinality=cardinality,
-        conv_implementation=config.conv_implementation)
+        conv_implementation=config.conv_implementation,
+        layer_norm_implementation=config.layer_norm_implementation)
   return hidden, embedding_table
 
 

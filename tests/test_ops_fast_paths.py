@@ -1,0 +1,215 @@
+"""The faster formulations in ops/ compute the same values and gradients.
+
+benchmarks/README.md lists these changes and what each one bought. Each is
+checked here against the formulation it replaces (values and gradients),
+and the golden files are also matched with the original formulations
+selected, so both stay covered.
+"""
+import functools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ops import heads
+from ops import layers
+from ops import modeling
+from tests import test_ops_golden
+
+
+def _run(fetches):
+  with tf.compat.v1.Session() as sess:
+    sess.run(tf.compat.v1.global_variables_initializer())
+    return sess.run(fetches)
+
+
+def _conv_and_gradients(x, implementation, dilation, kernel_size, causal,
+                        dynamic_length):
+  """Output and input/weight/bias gradients of one conv1d, fixed weights."""
+  rng = np.random.default_rng(1)
+  weight = rng.normal(size=(1, kernel_size, x.shape[-1], 6)).astype(np.float32)
+  bias = rng.normal(size=6).astype(np.float32)
+  upstream = rng.normal(size=x.shape[:2] + (6,)).astype(np.float32)
+  with tf.Graph().as_default():
+    shape = [None, None, x.shape[-1]] if dynamic_length else x.shape
+    inputs = tf.compat.v1.placeholder(tf.float32, shape)
+    out = layers.conv1d(inputs, 6, dilation, kernel_size, causal, name="conv",
+                        implementation=implementation)
+    variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+    grads = tf.gradients(out, [inputs, variables["conv/weight"],
+                               variables["conv/bias"]], grad_ys=upstream)
+    with tf.compat.v1.Session() as sess:
+      variables["conv/weight"].load(weight, sess)
+      variables["conv/bias"].load(bias, sess)
+      return sess.run([out] + grads, {inputs: x})
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (3, 4), (3, 8),
+                                                  (2, 3), (4, 5), (1, 1)])
+def test_matmul_conv_static_length_matches_atrous_and_dynamic(
+    causal, kernel_size, dilation):
+  # Length 9: dilation 8 makes some taps fall entirely outside the sequence.
+  x = np.random.default_rng(0).normal(size=(3, 9, 5)).astype(np.float32)
+  static = _conv_and_gradients(x, "matmul", dilation, kernel_size, causal,
+                               dynamic_length=False)
+  dynamic = _conv_and_gradients(x, "matmul", dilation, kernel_size, causal,
+                                dynamic_length=True)
+  atrous = _conv_and_gradients(x, "atrous", dilation, kernel_size, causal,
+                               dynamic_length=True)
+  for got, want_dynamic, want_atrous in zip(static, dynamic, atrous):
+    np.testing.assert_allclose(got, want_dynamic, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, want_atrous, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_conv_static_length_has_no_strided_slice_gradient():
+  with tf.Graph().as_default() as graph:
+    inputs = tf.zeros([2, 7, 4])
+    out = layers.conv1d(inputs, 4, 2, 3, causal=True, name="conv",
+                        implementation="matmul")
+    tf.gradients(out, inputs)
+    op_types = {op.type for op in graph.get_operations()}
+  assert "StridedSliceGrad" not in op_types
+  assert "StridedSlice" not in op_types
+
+
+def _layer_norm_and_gradients(x, implementation, trainable=True):
+  rng = np.random.default_rng(2)
+  gamma = rng.normal(1.0, 0.3, size=x.shape[-1]).astype(np.float32)
+  beta = rng.normal(0.0, 0.3, size=x.shape[-1]).astype(np.float32)
+  upstream = rng.normal(size=x.shape).astype(np.float32)
+  with tf.Graph().as_default():
+    inputs = tf.constant(x)
+    out = layers.layer_norm(inputs, "ln", trainable=trainable,
+                            implementation=implementation)
+    variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+    # A relu after the layer norm, as in the residual blocks.
+    target = tf.nn.relu(out)
+    grads = tf.gradients(target, [inputs, variables["ln/gamma"],
+                                  variables["ln/beta"]], grad_ys=upstream)
+    with tf.compat.v1.Session() as sess:
+      variables["ln/gamma"].load(gamma, sess)
+      variables["ln/beta"].load(beta, sess)
+      return sess.run([out] + grads)
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 16), (5, 64), (2, 4, 3, 8)])
+def test_analytic_layer_norm_matches_moments(shape):
+  rng = np.random.default_rng(3)
+  x = (rng.normal(size=shape) * rng.uniform(0.01, 50.0, size=shape[:-1] + (1,))
+       + rng.normal(size=shape[:-1] + (1,)) * 10).astype(np.float32)
+  analytic = _layer_norm_and_gradients(x, "analytic")
+  moments = _layer_norm_and_gradients(x, "moments")
+  names = ["output", "d_inputs", "d_gamma", "d_beta"]
+  for name, got, want in zip(names, analytic, moments):
+    np.testing.assert_allclose(got, want, rtol=2e-5,
+                               atol=2e-5 * np.abs(want).max(), err_msg=name)
+
+
+def test_analytic_layer_norm_constant_rows_and_frozen_variables():
+  # A constant row has variance 0: epsilon keeps both finite.
+  x = np.ones([2, 3, 4], np.float32)
+  out, d_inputs, d_gamma, d_beta = _layer_norm_and_gradients(
+      x, "analytic", trainable=False)
+  assert np.all(np.isfinite(out)) and np.all(np.isfinite(d_inputs))
+  want = _layer_norm_and_gradients(x, "moments", trainable=False)
+  np.testing.assert_allclose(out, want[0], atol=1e-6)
+  np.testing.assert_allclose(d_gamma, want[2], atol=1e-5)
+  with tf.Graph().as_default():
+    layers.layer_norm(tf.zeros([1, 4]), "ln", trainable=False,
+                      implementation="analytic")
+    assert not tf.compat.v1.trainable_variables()
+
+
+def test_layer_norm_rejects_unknown_implementation():
+  with tf.Graph().as_default():
+    with pytest.raises(ValueError, match="Unknown layer norm implementation"):
+      layers.layer_norm(tf.zeros([1, 4]), "ln", implementation="fused")
+
+
+def test_model_config_default_is_the_fast_layer_norm_and_round_trips():
+  config = modeling.ModelConfig(item_size=9)
+  assert config.layer_norm_implementation == "analytic"
+  assert modeling.ModelConfig.from_dict(config.to_dict()) == config
+  # A model_config.json written before the field existed still loads.
+  old = config.to_dict()
+  del old["layer_norm_implementation"]
+  assert modeling.ModelConfig.from_dict(old) == config
+
+
+@pytest.mark.parametrize(
+    "golden_path", test_ops_golden._golden_params(),
+    ids=test_ops_golden._golden_ids())
+def test_golden_parity_with_the_original_layer_norm(golden_path, monkeypatch):
+  """The golden files also match with layer_norm_implementation="moments"."""
+  monkeypatch.setattr(
+      modeling, "ModelConfig",
+      functools.partial(modeling.ModelConfig,
+                        layer_norm_implementation="moments"))
+  test_ops_golden.test_golden_parity(golden_path, "matmul")
+
+
+def _sampled_softmax_pair(item_size, num_rows, num_sampled, seed=4):
+  """Losses and gradients of the "tf" and "split" paths, same candidates."""
+  rng = np.random.default_rng(seed)
+  hidden_np = rng.normal(size=(num_rows, 8)).astype(np.float32)
+  labels_np = rng.integers(1, item_size, size=num_rows)
+  with tf.Graph().as_default():
+    hidden = tf.constant(hidden_np)
+    softmax_w, softmax_b = heads.softmax_variables(item_size, 8)
+    labels = tf.reshape(tf.constant(labels_np, tf.int64), [-1, 1])
+    sampled_values = tf.random.log_uniform_candidate_sampler(
+        labels, 1, num_sampled, True, item_size, seed=7)
+    reference = tf.compat.v1.nn.sampled_softmax_loss(
+        softmax_w, softmax_b, labels, hidden, num_sampled, item_size,
+        sampled_values=sampled_values)
+    split = heads.split_sampled_softmax_losses(hidden, labels, softmax_w,
+                                               softmax_b, sampled_values)
+    fetches = {}
+    for name, losses in (("tf", reference), ("split", split)):
+      grads = tf.gradients(tf.reduce_mean(losses),
+                           [hidden, softmax_w, softmax_b])
+      fetches[name] = [losses] + [tf.convert_to_tensor(g) for g in grads]
+    fetches["hits"] = tf.nn.compute_accidental_hits(labels,
+                                                    sampled_values[0], 1)[0]
+    return _run(fetches)
+
+
+@pytest.mark.parametrize("item_size,num_rows,num_sampled",
+                         [(50, 40, 20), (500, 30, 100), (12, 25, 10)])
+def test_split_sampled_softmax_matches_tf(item_size, num_rows, num_sampled):
+  got = _sampled_softmax_pair(item_size, num_rows, num_sampled)
+  # Small vocabularies make accidental hits certain: that path is covered.
+  if item_size <= 50:
+    assert got["hits"].size > 0
+  for name, split, reference in zip(["losses", "d_hidden", "d_w", "d_b"],
+                                    got["split"], got["tf"]):
+    np.testing.assert_allclose(split, reference, rtol=1e-5,
+                               atol=1e-6 * max(1.0, np.abs(reference).max()),
+                               err_msg=name)
+
+
+def test_sampled_softmax_loss_implementations_draw_the_same_candidates():
+  losses = {}
+  for implementation in heads.SAMPLED_SOFTMAX_IMPLEMENTATIONS:
+    with tf.Graph().as_default():
+      tf.compat.v1.set_random_seed(11)
+      rng = np.random.default_rng(5)
+      hidden = tf.constant(rng.normal(size=(30, 8)).astype(np.float32))
+      labels = tf.constant(rng.integers(1, 200, size=30))
+      with tf.compat.v1.variable_scope("head", initializer=(
+          tf.compat.v1.constant_initializer(0.05))):
+        softmax_w, softmax_b = heads.softmax_variables(200, 8)
+      losses[implementation] = _run(heads.sampled_softmax_loss(
+          hidden, labels, softmax_w, softmax_b, 40, seed=3,
+          implementation=implementation))
+  np.testing.assert_allclose(losses["split"], losses["tf"], rtol=1e-6)
+
+
+def test_sampled_softmax_rejects_unknown_implementation():
+  with tf.Graph().as_default():
+    softmax_w, softmax_b = heads.softmax_variables(20, 4)
+    with pytest.raises(ValueError, match="Unknown sampled softmax"):
+      heads.sampled_softmax_loss(tf.zeros([2, 4]), tf.ones([2], tf.int32),
+                                 softmax_w, softmax_b, 5,
+                                 implementation="nce")
