@@ -369,7 +369,7 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
     features = {
         name: (value if name == "masked_positions" else
                data_loader.check_id_range(value, config.item_size,
-                                          "item id in features[%r]" % name))
+                                          "item id in features[%s]" % name))
         for name, value in features.items()}
     if mode == tf.estimator.ModeKeys.TRAIN:
       if config.causal:

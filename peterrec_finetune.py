@@ -110,6 +110,7 @@ PATCH_METRICS_FILE = "metrics_task_patch.json"
 PARAMETERS_FILE = "parameters.json"
 PATCH_PARAMETERS_FILE = "parameters_task_patch.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+DETERMINISTIC_SEED = 10  # --seed / --tf_random_seed under --deterministic
 FLOAT_BYTES = 4
 
 _BLOCK_RE = re.compile(r"^nextitnet_residual_blockdecoder_layer_(\d+)_(\d+)/")
@@ -371,8 +372,11 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
 
   def model_fn(features, labels, mode, params):
     del labels, params  # Everything is in `features` and the closure.
-    rows = features["rows"]
-    target = features["target"]
+    # Ids outside the tables are a data error, not a silent zero embedding.
+    rows = data_loader.check_id_range(features["rows"], model_config.item_size,
+                                      "item id in features[rows]")
+    target = data_loader.check_id_range(features["target"], target_vocab_size,
+                                        "target id in features[target]")
     negatives = features["negatives"]
     user, table = build_finetune_model(rows[:, :-1], model_config, method,
                                        insertion, cardinality,
@@ -597,6 +601,37 @@ def check_compatibility(init_checkpoint, config, metadata):
       raise CompatibilityError(str(e))
 
 
+def check_resumable(output_dir, config, metadata):
+  """Refuses an --output_dir whose checkpoint belongs to other data/config.
+
+  Rerunning a command resumes from the latest checkpoint in `output_dir`;
+  when that checkpoint was trained with another item or target vocabulary
+  or another backbone width, restoring would fail half-way (or, worse, a
+  same-shaped table would silently mean other ids). Checked before any
+  graph is built.
+
+  Raises:
+    CompatibilityError naming the checkpoint and both sizes.
+  """
+  latest = tf.train.latest_checkpoint(output_dir)
+  if latest is None:
+    return
+  stored = checkpoint_lib.model_variable_shapes(latest)
+  wanted = {
+      "allitem_embeddings": [config.item_size, config.channels],
+      heads.TARGET_SCOPE + "/allitem_embeddings_target": [
+          metadata["target_vocab_size"], config.hidden_size],
+  }
+  problems = ["%s: checkpoint %s, data/configuration %s" %
+              (name, stored[name], shape) for name, shape in wanted.items()
+              if name in stored and list(stored[name]) != shape]
+  if problems:
+    raise CompatibilityError(
+        "--output_dir %s holds checkpoint %s of another dataset or "
+        "configuration, which this run would resume from:\n  %s\nUse "
+        "another --output_dir." % (output_dir, latest, "\n  ".join(problems)))
+
+
 def parameter_report(config, method, insertion, cardinality,
                      target_vocab_size):
   """Parameter accounting of a method, from a graph built on the side.
@@ -609,6 +644,8 @@ def parameter_report(config, method, insertion, cardinality,
     store), full_model_bytes, per-group counts and trained variable names.
   """
   with tf.Graph().as_default():
+    # Never run; a seed only because --deterministic refuses unseeded ops.
+    tf.compat.v1.set_random_seed(0)
     context = tf.compat.v1.placeholder(tf.int32, [None, 4])
     build_finetune_model(context, config, method, insertion, cardinality,
                          target_vocab_size)
@@ -722,12 +759,12 @@ def export_task_patch(finetuned_checkpoint, output_dir, config, method,
   stored = reader.get_variable_to_shape_map()
   trained_names = report["trained_variables"]
   patch_dir = os.path.join(output_dir, TASK_PATCH_DIR)
-  if tf.io.gfile.exists(patch_dir):
-    tf.io.gfile.rmtree(patch_dir)
-  tf.io.gfile.makedirs(patch_dir)
+  # Written in a temporary directory and renamed into place at the end: a
+  # run killed during the export never leaves a half-written task_patch/.
+  staging_dir = training_utils.staging_dir(patch_dir)
   patch_prefix = _write_checkpoint(
       {name: reader.get_tensor(name) for name in trained_names},
-      os.path.join(patch_dir, TASK_PATCH_PREFIX))
+      os.path.join(staging_dir, TASK_PATCH_PREFIX))
 
   # Frozen variables the patch needs from a backbone checkpoint.
   frozen_names = sorted(
@@ -743,12 +780,13 @@ def export_task_patch(finetuned_checkpoint, output_dir, config, method,
       frozen_names = [n for n in frozen_names if n in base]
     else:
       backbone_dir = os.path.join(output_dir, FROZEN_BACKBONE_DIR)
-      if tf.io.gfile.exists(backbone_dir):
-        tf.io.gfile.rmtree(backbone_dir)
-      tf.io.gfile.makedirs(backbone_dir)
-      backbone_checkpoint = os.path.abspath(_write_checkpoint(
+      staging = training_utils.staging_dir(backbone_dir)
+      _write_checkpoint(
           {name: reader.get_tensor(name) for name in frozen_names},
-          os.path.join(backbone_dir, FROZEN_BACKBONE_PREFIX)))
+          os.path.join(staging, FROZEN_BACKBONE_PREFIX))
+      training_utils.replace_dir(staging, backbone_dir)
+      backbone_checkpoint = os.path.abspath(
+          os.path.join(backbone_dir, FROZEN_BACKBONE_PREFIX))
   description = {
       "method": method,
       "insertion": insertion if uses_patches(method) else None,
@@ -771,8 +809,9 @@ def export_task_patch(finetuned_checkpoint, output_dir, config, method,
                                     if backbone_checkpoint else 0),
   }
   description.update(extra or {})
-  training_utils.write_json_atomic(os.path.join(patch_dir, TASK_PATCH_JSON),
+  training_utils.write_json_atomic(os.path.join(staging_dir, TASK_PATCH_JSON),
                                    description)
+  training_utils.replace_dir(staging_dir, patch_dir)
   return description
 
 
@@ -901,6 +940,16 @@ def run(options):
   if unknown:
     raise ValueError("unknown options %s" % unknown)
   f = collections.namedtuple("Options", sorted(options))(**options)
+  # Fail fast, before reading data or building graphs.
+  training_utils.check_writable_dir(f.output_dir, "--output_dir")
+  if f.deterministic:
+    training_utils.enable_determinism()
+    f = f._replace(
+        seed=DETERMINISTIC_SEED if f.seed is None else f.seed,
+        tf_random_seed=(DETERMINISTIC_SEED if f.tf_random_seed is None
+                        else f.tf_random_seed))
+    logging.info("--deterministic: op determinism on, --seed=%d, "
+                 "--tf_random_seed=%d", f.seed, f.tf_random_seed)
   metadata = data_loader.load_metadata(f.data_dir)
   if metadata["kind"] != data_loader.FINETUNE:
     raise CompatibilityError("%s holds a %s dataset, not a fine-tuning one" %
@@ -961,6 +1010,8 @@ def run(options):
     raise ValueError("--sampler=lambdafm draws negatives for bce/bpr; the "
                      "softmax loss uses every target")
 
+  if task_patch is None:
+    check_resumable(f.output_dir, config, metadata)
   report = parameter_report(config, method, insertion, cardinality,
                             metadata["target_vocab_size"])
   print(format_parameter_report(report))
@@ -995,6 +1046,7 @@ def run(options):
       inter_op_threads=f.inter_op_threads, save_graph_def=f.save_graph_def)
 
   outputs = {"parameters": report}
+  data_files = [metadata["paths"]["train"], metadata["paths"]["test"]]
   if f.do_train:
     num_steps = f.num_train_steps
     if num_steps is None:
@@ -1014,7 +1066,8 @@ def run(options):
     logging.info("Training %s for %d steps of batch %d (%d training "
                  "examples)", method, num_steps, f.train_batch_size,
                  metadata["num_train"])
-    estimator.train(train_input_fn, max_steps=num_steps)
+    with training_utils.data_loss_guard(data_files):
+      estimator.train(train_input_fn, max_steps=num_steps)
 
   eval_fn = eval_input_fn(metadata, config, f.task, f.eval,
                           f.num_eval_negatives, f.distinct_negatives,
@@ -1023,7 +1076,8 @@ def run(options):
     if metadata["num_test"] == 0:
       logging.warning("the test split is empty: nothing to evaluate")
     else:
-      results = estimator.evaluate(eval_fn, name="test")
+      with training_utils.data_loss_guard(data_files):
+        results = estimator.evaluate(eval_fn, name="test")
       metrics = _float_metrics(results)
       protocol = ("accuracy over all classes" if f.task == "classification"
                   else f.eval)
@@ -1060,10 +1114,29 @@ def run(options):
              description["finetuned_checkpoint_bytes"]))
     outputs["task_patch"] = description
 
+  if f.export_dir:
+    # Lazy import: serving builds its graph with this module's functions.
+    import serving  # pylint: disable=g-import-not-at-top
+    checkpoint = (tf.train.latest_checkpoint(f.output_dir)
+                  if task_patch is None else None)
+    if checkpoint is None:
+      raise CompatibilityError("--export_dir exports the fine-tuned "
+                               "checkpoint of --output_dir %s; there is none"
+                               % f.output_dir)
+    serving.export_saved_model(
+        f.export_dir, checkpoint, config, method, insertion, cardinality,
+        f.task, metadata["paths"]["item_vocab"],
+        metadata["paths"]["target_vocab"], metadata["source_length"],
+        top_k=f.predict_top_k)
+    print("SavedModel: %s (python -m serving predict --saved_model=%s "
+          "--input_csv=... --output=...)" % (f.export_dir, f.export_dir))
+    outputs["saved_model"] = f.export_dir
+
   if f.do_predict and metadata["num_test"]:
     path = os.path.join(f.output_dir, PREDICTIONS_FILE)
     count = 0
-    with tf.io.gfile.GFile(path + ".tmp", "w") as writer:
+    with tf.io.gfile.GFile(path + ".tmp", "w") as writer, \
+        training_utils.data_loss_guard(data_files):
       for prediction in estimator.predict(eval_fn, yield_single_examples=True):
         writer.write(json.dumps({
             "target": int(prediction["target"]),
@@ -1167,6 +1240,11 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_integer("tf_random_seed", None, "Graph-level seed "
                        "(initializers); unseeded by default, as the "
                        "original.", flag_values=fv)
+  flags.DEFINE_bool(
+      "deterministic", False, "tf.config.experimental.enable_op_determinism()"
+      " and fixed seeds (--seed and --tf_random_seed default to %d): two "
+      "runs give identical losses and metrics (README 'Reliability': the "
+      "cost)." % DETERMINISTIC_SEED, flag_values=fv)
   flags.DEFINE_bool("do_train", True, "Train.", flag_values=fv)
   flags.DEFINE_bool("do_eval", True, "Evaluate on the whole test split.",
                     flag_values=fv)
@@ -1174,6 +1252,11 @@ def define_flags(flag_values=flags.FLAGS):
                     "test example to predictions.jsonl.", flag_values=fv)
   flags.DEFINE_integer("predict_top_k", 10, "Target ids per prediction.",
                        flag_values=fv)
+  flags.DEFINE_string(
+      "export_dir", None, "Write a SavedModel of the fine-tuned model here "
+      "(raw item-id strings in, top-k target ids and scores out; see "
+      "serving.py). With --do_train=false, exports the latest checkpoint "
+      "of --output_dir.", flag_values=fv)
   flags.DEFINE_bool("export_task_patch", True, "After training, write "
                     "task_patch/ (only what the task trained).",
                     flag_values=fv)
@@ -1209,7 +1292,8 @@ def main(argv):
   options = {name: flags.FLAGS[name].value for name in default_options()}
   try:
     run(options)
-  except (CompatibilityError, data_loader.DatasetError) as e:
+  except (CompatibilityError, data_loader.DatasetError,
+          training_utils.RunError) as e:
     sys.exit("error: %s" % e)
 
 

@@ -226,3 +226,29 @@ def distributed_device_filters(environ=None):
   if task_type == "ps":
     return ["/job:ps", "/job:worker", "/job:chief", "/job:master"]
   return None
+
+
+def staging_dir(final_dir):
+  """A fresh empty sibling of `final_dir` to write into before renaming."""
+  staging = "%s.tmp-%d" % (final_dir, os.getpid())
+  if tf.io.gfile.exists(staging):
+    tf.io.gfile.rmtree(staging)
+  tf.io.gfile.makedirs(staging)
+  return staging
+
+
+def replace_dir(staging, final_dir):
+  """Moves the complete `staging` directory to `final_dir` (renames only).
+
+  The previous `final_dir` is renamed aside first and removed after, so at
+  every moment `final_dir` is either the old complete one, absent, or the
+  new complete one; never partly written. Checkpoints in it use relative
+  paths (save_relative_paths), so they survive the move.
+  """
+  old = None
+  if tf.io.gfile.exists(final_dir):
+    old = "%s.old-%d" % (final_dir, os.getpid())
+    tf.io.gfile.rename(final_dir, old, overwrite=True)
+  tf.io.gfile.rename(staging, final_dir)
+  if old is not None:
+    tf.io.gfile.rmtree(old)
