@@ -98,7 +98,7 @@ PROFILES = {
         "pretrain": {"channels": 64, "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
                      "softmax": "sampled", "batch_size": 32,
                      "learning_rate": 0.001, "train_steps": 3000},
-        "finetune": {"train_batch_size": 512, "num_train_steps": 280,
+        "finetune": {"train_batch_size": 512, "num_train_steps": 140,
                      "learning_rate": 0.001, "eval_batch_size": 512},
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.2,
@@ -297,6 +297,56 @@ def cell_options(task, method, insertion, data_dir, cell_dir, checkpoint,
   return options
 
 
+@contextlib.contextmanager
+def _item_range_check_without_target():
+  """Work-around: range-check only the item columns of features["rows"].
+
+  The fine-tuning rows are `[source..., 0, target]`: their last column is a
+  target id, which may exceed the item vocabulary (Amazon afk: 16,259
+  targets, 11,839 items). A run-time id check being added to
+  peterrec_finetune.model_fn checks the whole `rows` tensor against the item
+  vocabulary and so fails every cold-start task with more targets than
+  items. Until it checks `rows[:, :-1]` itself, this checks the items here
+  (the target column keeps its own check against the target vocabulary).
+  Without such a check in data_loader this does nothing.
+  """
+  original = getattr(data_loader, "check_id_range", None)
+  if original is None:
+    yield
+    return
+
+  def check(ids, vocab_size, what):
+    if "features[rows]" not in what:
+      return original(ids, vocab_size, what)
+    checked = original(ids[:, :-1], vocab_size, what)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.control_dependencies([checked]):
+      return tf.identity(ids)
+
+  data_loader.check_id_range = check
+  try:
+    yield
+  finally:
+    data_loader.check_id_range = original
+
+
+def same_configuration(recorded, current, defaults):
+  """Whether a cell's recorded configuration is the current one.
+
+  A key missing on one side counts as its default (`defaults`), so that a
+  fine-tuning option added to peterrec_finetune later (with a default that
+  keeps the old behaviour) does not invalidate finished cells.
+  """
+  if recorded is None:
+    return False
+  missing = object()
+  for key in set(recorded) | set(current):
+    default = defaults.get(key, missing)
+    if recorded.get(key, default) != current.get(key, default):
+      return False
+  return True
+
+
 def run_cell(options, fingerprint):
   """Runs one cell unless done; returns (metrics.json dict, seconds, skipped).
 
@@ -309,7 +359,8 @@ def run_cell(options, fingerprint):
   metrics_path = os.path.join(cell_dir, peterrec_finetune.METRICS_FILE)
   if os.path.isdir(cell_dir):
     recorded = _read_json(request_path)
-    if recorded != request:
+    if not same_configuration(recorded, request,
+                              _canonical(peterrec_finetune.default_options())):
       shutil.rmtree(cell_dir)  # another configuration: start again
     elif os.path.exists(metrics_path):
       metrics = _read_json(metrics_path)
@@ -321,7 +372,7 @@ def run_cell(options, fingerprint):
   # The fine-tuning script's own printout (parameter report, metrics
   # table) goes to the cell's log; the table collects the figures.
   with open(os.path.join(cell_dir, "stdout.txt"), "w") as out:
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), _item_range_check_without_target():
       outputs = peterrec_finetune.run(options)
   return outputs["metrics"], time.time() - start, False
 

@@ -105,3 +105,16 @@ def test_command_line_flags_parse():
   with pytest.raises(ValueError, match="are not among the tasks"):
     rt.prepare_csvs("custom", "/nonexistent", pretrain_csv="p.csv",
                     finetune_csvs=["a.csv"], classification_tasks=["g"])
+
+
+def test_same_configuration_treats_missing_keys_as_defaults():
+  defaults = {"lr": 0.001, "new_option": False}
+  recorded = {"lr": 0.001, "method": "peterrec"}  # before new_option existed
+  assert rt.same_configuration(recorded, dict(recorded, new_option=False),
+                               defaults)
+  assert not rt.same_configuration(recorded, dict(recorded, new_option=True),
+                                   defaults)
+  assert not rt.same_configuration(recorded, dict(recorded, lr=0.01),
+                                   defaults)
+  assert not rt.same_configuration(recorded, {"lr": 0.001}, defaults)
+  assert not rt.same_configuration(None, recorded, defaults)
