@@ -38,7 +38,8 @@ def default_num_sampled(item_size):
 
 
 def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
-                         seed=None, implementation="split"):
+                         seed=None, implementation="split",
+                         embedding_gradients="sparse"):
   """Mean sampled-softmax loss with the log-uniform candidate sampler.
 
   The loss of `tf.compat.v1.nn.sampled_softmax_loss` (one true class,
@@ -56,6 +57,8 @@ def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
       same sampler op and computes the same losses without concatenating
       the true and sampled rows and logits: about 30% less time for the
       head of NextItNet pretraining on 2 CPU cores (benchmarks/README.md).
+    embedding_gradients: "split" only: how the gradients of `softmax_w` and
+      `softmax_b` are represented, see layers.EMBEDDING_GRADIENTS.
 
   Returns:
     float32 scalar.
@@ -70,8 +73,9 @@ def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
     sampled_values = tf.random.log_uniform_candidate_sampler(
         true_classes=labels, num_true=1, num_sampled=num_sampled,
         unique=True, range_max=item_size, seed=seed)
-    losses = split_sampled_softmax_losses(hidden, labels, softmax_w,
-                                          softmax_b, sampled_values)
+    losses = split_sampled_softmax_losses(
+        hidden, labels, softmax_w, softmax_b, sampled_values,
+        embedding_gradients=embedding_gradients)
   else:
     losses = tf.compat.v1.nn.sampled_softmax_loss(
         softmax_w, softmax_b, labels, hidden, num_sampled, item_size,
@@ -80,7 +84,7 @@ def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
 
 
 def split_sampled_softmax_losses(hidden, labels, softmax_w, softmax_b,
-                                 sampled_values):
+                                 sampled_values, embedding_gradients="sparse"):
   """Per-row sampled-softmax losses, true and sampled logits kept apart.
 
   The same function as `tf.compat.v1.nn.sampled_softmax_loss(...,
@@ -99,6 +103,7 @@ def split_sampled_softmax_losses(hidden, labels, softmax_w, softmax_b,
     softmax_w: [item_size, width]; softmax_b: [item_size].
     sampled_values: (sampled [S], true_expected_count [N, 1],
       sampled_expected_count [S]) from a candidate sampler.
+    embedding_gradients: see layers.EMBEDDING_GRADIENTS.
 
   Returns:
     float32 [N].
@@ -108,16 +113,16 @@ def split_sampled_softmax_losses(hidden, labels, softmax_w, softmax_b,
         tf.stop_gradient(value) for value in sampled_values)
     sampled = tf.cast(sampled, tf.int64)
     labels_flat = tf.reshape(labels, [-1])
+    true_w, sampled_w = layers.gather(softmax_w, [labels_flat, sampled],
+                                      gradient=embedding_gradients)
+    true_b, sampled_b = layers.gather(softmax_b, [labels_flat, sampled],
+                                      gradient=embedding_gradients)
     # Biases minus the log expected counts, added once per logit.
-    true_offset = (tf.gather(softmax_b, labels_flat) -
-                   tf.math.log(tf.reshape(true_expected, [-1])))
-    sampled_offset = (tf.gather(softmax_b, sampled) -
-                      tf.math.log(sampled_expected))
-    true_logits = tf.reduce_sum(
-        hidden * tf.gather(softmax_w, labels_flat), axis=1) + true_offset
+    true_offset = true_b - tf.math.log(tf.reshape(true_expected, [-1]))
+    sampled_offset = sampled_b - tf.math.log(sampled_expected)
+    true_logits = tf.reduce_sum(hidden * true_w, axis=1) + true_offset
     sampled_logits = tf.nn.bias_add(
-        tf.matmul(hidden, tf.gather(softmax_w, sampled), transpose_b=True),
-        sampled_offset)
+        tf.matmul(hidden, sampled_w, transpose_b=True), sampled_offset)
     # Accidental hits (a candidate equal to the row's label) get -FLOAT_MAX.
     hit_rows, hit_columns, hit_weights = tf.nn.compute_accidental_hits(
         labels, sampled, num_true=1)

@@ -24,6 +24,11 @@ CONV_IMPLEMENTATIONS = ("atrous", "conv2d", "matmul")
 #   analytic: rsqrt and a hand-written gradient; fewer, cheaper ops.
 LAYER_NORM_IMPLEMENTATIONS = ("moments", "analytic")
 
+# How the gradient of an embedding table reaches the optimizer (see `gather`):
+#   sparse: IndexedSlices, as the original (TF1 Adam's sparse update).
+#   dense:  one dense Tensor (TF1 Adam's fused dense update, the same math).
+EMBEDDING_GRADIENTS = ("sparse", "dense")
+
 
 def get_shape_list(tensor, expected_rank=None, name=None):
   """Returns the shape of `tensor`, static dimensions as ints, others as tensors.
@@ -46,6 +51,56 @@ def get_shape_list(tensor, expected_rank=None, name=None):
   static = tensor.shape.as_list()
   dynamic = tf.shape(tensor)
   return [dim if dim is not None else dynamic[i] for i, dim in enumerate(static)]
+
+
+def gather(params, indices, gradient="sparse", name=None):
+  """Rows of an embedding table: `tf.gather(params, indices)`.
+
+  The forward value is the same either way; `gradient` only chooses how the
+  gradient with respect to `params` is represented.
+
+  "sparse" (as `tf.nn.embedding_lookup` in the original): IndexedSlices,
+  which TF1's AdamOptimizer applies with its sparse path. That path is not
+  lazy: it decays every row of both moments and updates every row of the
+  table, in about ten separate full-size ops (and the scatters put the
+  variable in copy-on-read mode, so each read copies it).
+
+  "dense": the gradient is summed into one dense Tensor of the table's
+  shape, which Adam applies with its single fused kernel. The update is
+  the same (Adam's sparse path computes m = b1*m + (1-b1)*g and
+  v = b2*v + (1-b2)*g^2 for every row, g = 0 for rows not in the batch,
+  exactly the dense formula), up to float32 rounding, and costs fewer
+  passes over the table.
+
+  Args:
+    params: a variable or Tensor [num_rows, ...].
+    indices: int Tensor of any shape, or a list of them (several lookups
+      from the same table share one dense gradient).
+    gradient: one of EMBEDDING_GRADIENTS.
+    name: optional name of the gather.
+
+  Returns:
+    Tensor of shape indices.shape + params.shape[1:] (a list for a list).
+  """
+  if gradient not in EMBEDDING_GRADIENTS:
+    raise ValueError("Unknown embedding gradient %r, expected one of %s" %
+                     (gradient, EMBEDDING_GRADIENTS))
+  many = isinstance(indices, (list, tuple))
+  index_list = list(indices) if many else [indices]
+  if gradient == "sparse":
+    rows = [tf.nn.embedding_lookup(params, i, name=name) for i in index_list]
+  else:
+    table = _with_dense_gradient(params)
+    rows = [tf.gather(table, i, name=name) for i in index_list]
+  return rows if many else rows[0]
+
+
+@tf.custom_gradient
+def _with_dense_gradient(params):
+  """Identity whose gradient is converted from IndexedSlices to a Tensor."""
+  def grad(upstream):
+    return tf.convert_to_tensor(upstream)
+  return tf.identity(params), grad
 
 
 def conv1d(inputs, output_channels, dilation=1, kernel_size=1, causal=False,

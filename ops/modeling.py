@@ -31,6 +31,8 @@ class ModelConfig:
   conv_implementation: str = "matmul"  # see ops.layers.CONV_IMPLEMENTATIONS
   # see ops.layers.LAYER_NORM_IMPLEMENTATIONS; "moments" is the original graph
   layer_norm_implementation: str = "analytic"
+  # see ops.layers.EMBEDDING_GRADIENTS; "sparse" is the original
+  embedding_gradients: str = "dense"
 
   @property
   def hidden_size(self):
@@ -105,8 +107,9 @@ def backbone(item_ids, config, patch=None, cardinality=1, embedding_table=None):
   """
   if embedding_table is None:
     embedding_table = item_embedding_table(config.item_size, config.channels)
-  hidden = tf.nn.embedding_lookup(embedding_table, item_ids,
-                                  name="context_embedding")
+  hidden = layers.gather(embedding_table, item_ids,
+                         gradient=config.embedding_gradients,
+                         name="context_embedding")
   if config.has_positional_embedding:
     batch_size, seq_length = layers.get_shape_list(item_ids, expected_rank=2)
     hidden = tf.concat([

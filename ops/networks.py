@@ -62,8 +62,9 @@ def item_loss(vectors, labels, config, output_layer, num_sampled, seed=None):
   """
   if output_layer is not None:
     softmax_w, softmax_b = output_layer
-    return heads.sampled_softmax_loss(vectors, labels, softmax_w, softmax_b,
-                                      num_sampled, seed=seed)
+    return heads.sampled_softmax_loss(
+        vectors, labels, softmax_w, softmax_b, num_sampled, seed=seed,
+        embedding_gradients=config.embedding_gradients)
   return heads.full_softmax_loss(item_logits(vectors, config, None), labels)
 
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 from ops import heads
 from ops import layers
 from ops import modeling
+from ops import networks
 from tests import test_ops_golden
 
 
@@ -127,13 +128,15 @@ def test_layer_norm_rejects_unknown_implementation():
       layers.layer_norm(tf.zeros([1, 4]), "ln", implementation="fused")
 
 
-def test_model_config_default_is_the_fast_layer_norm_and_round_trips():
+def test_model_config_defaults_are_the_fast_paths_and_round_trip():
   config = modeling.ModelConfig(item_size=9)
+  assert config.conv_implementation == "matmul"
   assert config.layer_norm_implementation == "analytic"
+  assert config.embedding_gradients == "dense"
   assert modeling.ModelConfig.from_dict(config.to_dict()) == config
-  # A model_config.json written before the field existed still loads.
+  # A model_config.json written before these fields existed still loads.
   old = config.to_dict()
-  del old["layer_norm_implementation"]
+  del old["layer_norm_implementation"], old["embedding_gradients"]
   assert modeling.ModelConfig.from_dict(old) == config
 
 
@@ -213,3 +216,68 @@ def test_sampled_softmax_rejects_unknown_implementation():
       heads.sampled_softmax_loss(tf.zeros([2, 4]), tf.ones([2], tf.int32),
                                  softmax_w, softmax_b, 5,
                                  implementation="nce")
+
+
+def test_gather_gradient_representations():
+  rng = np.random.default_rng(6)
+  table_np = rng.normal(size=(10, 3)).astype(np.float32)
+  ids_np = np.array([[1, 4, 4], [9, 0, 1]])
+  upstream = rng.normal(size=(2, 3, 3)).astype(np.float32)
+  results = {}
+  for gradient in layers.EMBEDDING_GRADIENTS:
+    with tf.Graph().as_default():
+      table = tf.compat.v1.get_variable(
+          "table", initializer=tf.constant(table_np))
+      rows, more = layers.gather(table, [tf.constant(ids_np),
+                                         tf.constant([2, 4])],
+                                 gradient=gradient)
+      grad, = tf.gradients([rows, more], [table],
+                           grad_ys=[upstream, tf.ones([2, 3])])
+      assert isinstance(grad, tf.IndexedSlices) == (gradient == "sparse")
+      results[gradient] = _run([rows, more, tf.convert_to_tensor(grad)])
+  for sparse, dense in zip(results["sparse"], results["dense"]):
+    np.testing.assert_allclose(dense, sparse, rtol=1e-6, atol=1e-6)
+  with tf.Graph().as_default():
+    with pytest.raises(ValueError, match="Unknown embedding gradient"):
+      layers.gather(tf.zeros([3, 2]), [0], gradient="lazy")
+
+
+def _adam_steps(embedding_gradients, initial=None, steps=3):
+  """A few Adam steps of a tiny NextItNet; returns every variable's value."""
+  config = modeling.ModelConfig(item_size=30, channels=8, dilations=[1, 2],
+                                embedding_gradients=embedding_gradients)
+  rng = np.random.default_rng(7)
+  batches = rng.integers(1, 30, size=(steps, 4, 6)).astype(np.int32)
+  with tf.Graph().as_default() as graph:
+    tf.compat.v1.set_random_seed(1)
+    itemseq = tf.compat.v1.placeholder(tf.int32, [4, 6])
+    loss = networks.nextitnet_pretrain(itemseq, config, num_sampled=10,
+                                       seed=5)["loss"]
+    train_op = tf.compat.v1.train.AdamOptimizer(0.01).minimize(loss)
+    op_types = {op.type for op in graph.get_operations()}
+    variables = tf.compat.v1.global_variables()
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      if initial is not None:
+        for variable in variables:
+          variable.load(initial[variable.op.name], sess)
+      start = {v.op.name: sess.run(v) for v in variables}
+      for batch in batches:
+        sess.run(train_op, {itemseq: batch})
+      end = {v.op.name: sess.run(v) for v in variables}
+  return start, end, op_types
+
+
+def test_dense_embedding_gradients_give_the_same_adam_updates():
+  start, sparse_end, sparse_ops = _adam_steps("sparse")
+  _, dense_end, dense_ops = _adam_steps("dense", initial=start)
+  assert "ResourceScatterAdd" in sparse_ops
+  assert "ResourceScatterAdd" not in dense_ops
+  assert sorted(sparse_end) == sorted(dense_end)
+  for name, value in sparse_end.items():
+    np.testing.assert_allclose(dense_end[name], value, rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  # The tables did move (the comparison is not vacuous).
+  assert not np.allclose(sparse_end["softmax_w"], start["softmax_w"])
+  assert not np.allclose(sparse_end["allitem_embeddings"],
+                         start["allitem_embeddings"])
