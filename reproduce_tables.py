@@ -303,7 +303,7 @@ def _item_range_check_without_target():
 
   The fine-tuning rows are `[source..., 0, target]`: their last column is a
   target id, which may exceed the item vocabulary (Amazon afk: 16,259
-  targets, 11,839 items). A run-time id check being added to
+  targets, 11,839 items). The run-time id check of
   peterrec_finetune.model_fn checks the whole `rows` tensor against the item
   vocabulary and so fails every cold-start task with more targets than
   items. Until it checks `rows[:, :-1]` itself, this checks the items here
