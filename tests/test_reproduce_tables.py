@@ -5,7 +5,6 @@ import os
 import re
 
 from absl import flags
-from absl.testing import flagsaver
 import pytest
 
 import reproduce_tables as rt
@@ -96,12 +95,14 @@ def test_rerun_skips_done_cells_and_redoes_changed_ones(first_run):
 
 
 def test_command_line_flags_parse():
-  rt.define_flags()
-  with flagsaver.flagsaver():
-    flags.FLAGS(["reproduce_tables.py", "--dataset=custom",
-                 "--pretrain_csv=p.csv", "--finetune_csv=a.csv,g.csv",
-                 "--classification_tasks=g", "--finetune_steps=7"])
-    assert flags.FLAGS.finetune_csv == ["a.csv", "g.csv"]
+  flag_values = flags.FlagValues()
+  rt.define_flags(flag_values)
+  flag_values(["reproduce_tables.py", "--dataset=custom",
+               "--pretrain_csv=p.csv", "--finetune_csv=a.csv,g.csv",
+               "--classification_tasks=g", "--finetune_steps=7"])
+  assert flag_values.finetune_csv == ["a.csv", "g.csv"]
+  assert flag_values.finetune_steps == 7
+  assert flag_values.methods == list(rt.METHOD_ROWS)
   with pytest.raises(ValueError, match="are not among the tasks"):
     rt.prepare_csvs("custom", "/nonexistent", pretrain_csv="p.csv",
                     finetune_csvs=["a.csv"], classification_tasks=["g"])
