@@ -63,13 +63,16 @@ def run_launcher(args, marker, timeout):
 def test_cluster_trains_checkpoints_and_evaluates(tmp_path):
   data_dir = test_reliability.pretrain_data(str(tmp_path))
   model_dir = str(tmp_path / "cluster_model")
-  steps = 80
+  # Enough steps that the worker, which the Estimator starts 5 s late
+  # (and which waits for the chief to initialize the variables), joins
+  # before the chief reaches the total alone.
+  steps = 500
   code, output = run_launcher(
       ["--data_dir=" + data_dir, "--model_dir=" + model_dir,
        "--train_steps=%d" % steps, "--num_workers=1", "--num_ps=1",
        "--timeout=150", "--", "--channels=8", "--dilations=1,2",
-       "--batch_size=8", "--save_checkpoints_steps=40",
-       "--eval_throttle_secs=1", "--log_step_count_steps=10"],
+       "--batch_size=8", "--save_checkpoints_steps=250",
+       "--eval_throttle_secs=1", "--log_step_count_steps=50"],
       model_dir, timeout=170)
   assert code == 0, output[-4000:]
   summary = json.loads(output[output.index("{\n"):])

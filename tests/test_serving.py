@@ -185,3 +185,23 @@ def test_export_dir_replaced_whole(recommendation, tmp_path):
     config = json.load(f)
   assert config["checkpoint"].endswith("model.ckpt-40")
   assert config["source_length"] == metadata["source_length"]
+
+
+def test_export_later_from_the_output_dir(recommendation, tmp_path):
+  """--do_train=false --do_eval=false --export_dir: the same SavedModel."""
+  metadata, export_dir, _ = recommendation
+  later = str(tmp_path / "later")
+  ft.run(dict(ft.default_options(), data_dir=metadata["data_dir"],
+              output_dir=os.path.dirname(export_dir), method="peterzero",
+              channels=8, dilations=["1", "2"], do_train=False,
+              do_eval=False, predict_top_k=5, export_dir=later))
+  users = source_tokens(metadata)
+  results = []
+  for directory in (export_dir, later):
+    predictor = serving.Predictor(directory)
+    try:
+      results.append(predictor(users))
+    finally:
+      predictor.close()
+  for name in ("top_index", "top_scores", "top_ids"):
+    np.testing.assert_array_equal(results[0][name], results[1][name])
