@@ -80,7 +80,7 @@ PROFILES = {
         "pretrain": {"channels": 32, "dilations": [1, 2], "softmax": "full",
                      "batch_size": 64, "learning_rate": 0.005,
                      "train_steps": 400},
-        "finetune": {"train_batch_size": 32, "num_train_steps": 400,
+        "finetune": {"train_batch_size": 32, "num_train_steps": 600,
                      "learning_rate": 0.005, "eval_batch_size": 256},
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.5,
