@@ -9,7 +9,7 @@ cold-start recommendation on the whole test split with 99 sampled
 negatives, accuracy over all classes for user-profile tasks), plus the
 percentage of parameters each method trains.
 
-  python reproduce_tables.py --dataset=demo            # built-in, ~4 min
+  python reproduce_tables.py --dataset=demo            # built-in, ~1 min
   python reproduce_tables.py --dataset=movielens-1m    # gender, age
   python reproduce_tables.py --dataset=amazon-afk      # cold-start
   python reproduce_tables.py --dataset=custom \
