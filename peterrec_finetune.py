@@ -373,12 +373,15 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
   def model_fn(features, labels, mode, params):
     del labels, params  # Everything is in `features` and the closure.
     # Ids outside the tables are a data error, not a silent zero embedding.
-    rows = data_loader.check_id_range(features["rows"], model_config.item_size,
-                                      "item id in features[rows]")
+    # The last column of a row is the target id (target vocabulary); the rest
+    # are item ids, the network's input.
+    context = data_loader.check_id_range(
+        features["rows"][:, :-1], model_config.item_size,
+        "item id in features[rows]")
     target = data_loader.check_id_range(features["target"], target_vocab_size,
                                         "target id in features[target]")
     negatives = features["negatives"]
-    user, table = build_finetune_model(rows[:, :-1], model_config, method,
+    user, table = build_finetune_model(context, model_config, method,
                                        insertion, cardinality,
                                        target_vocab_size)
     variables = tf.compat.v1.trainable_variables()

@@ -297,39 +297,6 @@ def cell_options(task, method, insertion, data_dir, cell_dir, checkpoint,
   return options
 
 
-@contextlib.contextmanager
-def _item_range_check_without_target():
-  """Work-around: range-check only the item columns of features["rows"].
-
-  The fine-tuning rows are `[source..., 0, target]`: their last column is a
-  target id, which may exceed the item vocabulary (Amazon afk: 16,259
-  targets, 11,839 items). The run-time id check of
-  peterrec_finetune.model_fn checks the whole `rows` tensor against the item
-  vocabulary and so fails every cold-start task with more targets than
-  items. Until it checks `rows[:, :-1]` itself, this checks the items here
-  (the target column keeps its own check against the target vocabulary).
-  Without such a check in data_loader this does nothing.
-  """
-  original = getattr(data_loader, "check_id_range", None)
-  if original is None:
-    yield
-    return
-
-  def check(ids, vocab_size, what):
-    if "features[rows]" not in what:
-      return original(ids, vocab_size, what)
-    checked = original(ids[:, :-1], vocab_size, what)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with tf.control_dependencies([checked]):
-      return tf.identity(ids)
-
-  data_loader.check_id_range = check
-  try:
-    yield
-  finally:
-    data_loader.check_id_range = original
-
-
 def same_configuration(recorded, current, defaults):
   """Whether a cell's recorded configuration is the current one.
 
@@ -372,7 +339,7 @@ def run_cell(options, fingerprint):
   # The fine-tuning script's own printout (parameter report, metrics
   # table) goes to the cell's log; the table collects the figures.
   with open(os.path.join(cell_dir, "stdout.txt"), "w") as out:
-    with contextlib.redirect_stdout(out), _item_range_check_without_target():
+    with contextlib.redirect_stdout(out):
       outputs = peterrec_finetune.run(options)
   return outputs["metrics"], time.time() - start, False
 

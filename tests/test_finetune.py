@@ -373,3 +373,24 @@ def test_same_size_but_different_item_vocabulary(tmp_path):
       str(model_dir / "item_vocab.txt"))
   with pytest.raises(ft.CompatibilityError, match="different ids"):
     ft.check_compatibility(prefix, config, metadata)
+
+
+def test_target_ids_beyond_the_item_vocabulary_train(tiny_backbones):
+  # Cold-start targets live in their own vocabulary, which may be larger than
+  # the item vocabulary (Amazon afk: 16,259 targets, 11,839 items). Only the
+  # item columns of `rows` are range-checked against the item vocabulary.
+  target_size = TINY_ITEMS + 20
+  model_fn = ft.model_fn_builder(tiny_config(True), tiny_backbones[True],
+                                 "peterrec", "serial", 1, "recommendation",
+                                 target_size, learning_rate=0.01)
+  with tf.Graph().as_default():
+    big_target = tf.fill([8], target_size - 1)
+    features = tiny_features(True)
+    features["rows"] = tf.concat(
+        [features["rows"][:, :-1], tf.expand_dims(big_target, 1)], axis=1)
+    features["target"] = big_target
+    spec = model_fn(features, None, tf.estimator.ModeKeys.TRAIN, {})
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      _, loss = session.run([spec.train_op, spec.loss])
+  assert np.isfinite(loss)
