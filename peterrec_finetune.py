@@ -67,7 +67,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 
 from absl import app

@@ -3,7 +3,6 @@ import gzip
 import json
 import os
 
-import numpy as np
 import pytest
 
 import data_loader
