@@ -18,7 +18,7 @@ def block_scope_name(layer_id, dilation):
 
 def residual_block(inputs, dilation, layer_id, kernel_size, causal=True,
                    patch=None, cardinality=1, conv_implementation="atrous",
-                   layer_norm_implementation="moments"):
+                   layer_norm_implementation="moments", time_major=False):
   """One residual block of NextItNet, optionally with PeterRec model patches.
 
   Plain:    conv1(d) -> layer_norm1 -> relu -> conv2(2d) -> layer_norm2 -> relu
@@ -42,9 +42,12 @@ def residual_block(inputs, dilation, layer_id, kernel_size, causal=True,
     cardinality: int, branches of each model patch.
     conv_implementation: see layers.CONV_IMPLEMENTATIONS.
     layer_norm_implementation: see layers.LAYER_NORM_IMPLEMENTATIONS.
+    time_major: `inputs` and the result are [seq_length, batch_size, C]
+      (everything but the dilated convolutions works on single positions).
 
   Returns:
-    float32 Tensor [batch_size, seq_length, C].
+    float32 Tensor [batch_size, seq_length, C] ([seq_length, batch_size, C]
+    when time_major).
   """
   if patch not in PATCH_INSERTIONS:
     raise ValueError("Unknown patch insertion %r, expected one of %s" %
@@ -57,7 +60,8 @@ def residual_block(inputs, dilation, layer_id, kernel_size, causal=True,
       conv = layers.conv1d(hidden, channels, conv_dilation, kernel_size,
                            causal=causal,
                            name="dilated_conv{}".format(conv_index),
-                           implementation=conv_implementation)
+                           implementation=conv_implementation,
+                           time_major=time_major)
       patch_name = "mp_{}".format(conv_index)
       if patch == "serial":
         conv = layers.get_mp(conv, cardinality, name=patch_name,

@@ -39,7 +39,7 @@ def default_num_sampled(item_size):
 
 def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
                          seed=None, implementation="split",
-                         embedding_gradients="sparse"):
+                         embedding_gradients="sparse", towers=1):
   """Mean sampled-softmax loss with the log-uniform candidate sampler.
 
   The loss of `tf.compat.v1.nn.sampled_softmax_loss` (one true class,
@@ -59,6 +59,8 @@ def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
       head of NextItNet pretraining on 2 CPU cores (benchmarks/README.md).
     embedding_gradients: "split" only: how the gradients of `softmax_w` and
       `softmax_b` are represented, see layers.EMBEDDING_GRADIENTS.
+    towers: "split" only: row blocks computed side by side (see
+      modeling.num_towers); the candidates are drawn once for all rows.
 
   Returns:
     float32 scalar.
@@ -75,7 +77,7 @@ def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
         unique=True, range_max=item_size, seed=seed)
     losses = split_sampled_softmax_losses(
         hidden, labels, softmax_w, softmax_b, sampled_values,
-        embedding_gradients=embedding_gradients)
+        embedding_gradients=embedding_gradients, towers=towers)
   else:
     losses = tf.compat.v1.nn.sampled_softmax_loss(
         softmax_w, softmax_b, labels, hidden, num_sampled, item_size,
@@ -84,7 +86,8 @@ def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
 
 
 def split_sampled_softmax_losses(hidden, labels, softmax_w, softmax_b,
-                                 sampled_values, embedding_gradients="sparse"):
+                                 sampled_values, embedding_gradients="sparse",
+                                 towers=1):
   """Per-row sampled-softmax losses, true and sampled logits kept apart.
 
   The same function as `tf.compat.v1.nn.sampled_softmax_loss(...,
@@ -104,6 +107,9 @@ def split_sampled_softmax_losses(hidden, labels, softmax_w, softmax_b,
     sampled_values: (sampled [S], true_expected_count [N, 1],
       sampled_expected_count [S]) from a candidate sampler.
     embedding_gradients: see layers.EMBEDDING_GRADIENTS.
+    towers: the [N, S] logits are computed in this many row blocks side by
+      side (the same values; see modeling.num_towers). N must be static
+      when towers > 1.
 
   Returns:
     float32 [N].
@@ -121,20 +127,33 @@ def split_sampled_softmax_losses(hidden, labels, softmax_w, softmax_b,
     true_offset = true_b - tf.math.log(tf.reshape(true_expected, [-1]))
     sampled_offset = sampled_b - tf.math.log(sampled_expected)
     true_logits = tf.reduce_sum(hidden * true_w, axis=1) + true_offset
-    sampled_logits = tf.nn.bias_add(
-        tf.matmul(hidden, sampled_w, transpose_b=True), sampled_offset)
-    # Accidental hits (a candidate equal to the row's label) get -FLOAT_MAX.
-    hit_rows, hit_columns, hit_weights = tf.nn.compute_accidental_hits(
-        labels, sampled, num_true=1)
-    hit_indices = tf.stack([hit_rows, tf.cast(hit_columns, tf.int32)], axis=1)
-    sampled_logits = tf.tensor_scatter_nd_add(sampled_logits, hit_indices,
-                                              hit_weights)
-    # logsumexp over [true, sampled...] per row, shifted by the row maximum.
-    row_max = tf.stop_gradient(
-        tf.maximum(true_logits, tf.reduce_max(sampled_logits, axis=1)))
-    sum_exp = tf.exp(true_logits - row_max) + tf.reduce_sum(
-        tf.exp(sampled_logits - tf.expand_dims(row_max, 1)), axis=1)
-    return row_max + tf.math.log(sum_exp) - true_logits
+    if towers == 1:
+      return _sampled_softmax_rows(hidden, labels, true_logits, sampled,
+                                   sampled_w, sampled_offset)
+    return tf.concat([
+        _sampled_softmax_rows(*(parts + (sampled, sampled_w, sampled_offset)))
+        for parts in zip(*(layers.split_rows(t, towers)
+                           for t in (hidden, labels, true_logits)))
+    ], axis=0)
+
+
+def _sampled_softmax_rows(hidden, labels, true_logits, sampled, sampled_w,
+                          sampled_offset):
+  """Losses [n] of n rows given their true logits and the shared candidates."""
+  sampled_logits = tf.nn.bias_add(
+      tf.matmul(hidden, sampled_w, transpose_b=True), sampled_offset)
+  # Accidental hits (a candidate equal to the row's label) get -FLOAT_MAX.
+  hit_rows, hit_columns, hit_weights = tf.nn.compute_accidental_hits(
+      labels, sampled, num_true=1)
+  hit_indices = tf.stack([hit_rows, tf.cast(hit_columns, tf.int32)], axis=1)
+  sampled_logits = tf.tensor_scatter_nd_add(sampled_logits, hit_indices,
+                                            hit_weights)
+  # logsumexp over [true, sampled...] per row, shifted by the row maximum.
+  row_max = tf.stop_gradient(
+      tf.maximum(true_logits, tf.reduce_max(sampled_logits, axis=1)))
+  sum_exp = tf.exp(true_logits - row_max) + tf.reduce_sum(
+      tf.exp(sampled_logits - tf.expand_dims(row_max, 1)), axis=1)
+  return row_max + tf.math.log(sum_exp) - true_logits
 
 
 def full_softmax_logits(hidden, item_size, conv_implementation="atrous"):

@@ -9,14 +9,16 @@ import math
 
 import tensorflow as tf
 
-# The three ways to compute the same dilated convolution. All use the same
+# The ways to compute the same dilated convolution. All use the same
 # `weight` variable of shape [1, kernel_size, in_channels, out_channels] and
-# give the same outputs up to float32 rounding (tests check all three against
-# the golden files).
+# give the same outputs up to float32 rounding (tests check all of them
+# against the golden files).
 #   atrous: tf.nn.atrous_conv2d, exactly the original (SpaceToBatch reshapes).
 #   conv2d: tf.nn.conv2d with `dilations`, no SpaceToBatch.
-#   matmul: the k shifted copies of the input concatenated on the channel axis
-#           and multiplied by the reshaped kernel: one GEMM, fastest on CPU.
+#   matmul: one matrix product per kernel tap over only the positions whose
+#           input is not padding, on time-major activations where a time
+#           shift is a contiguous block of rows (`_conv1d_taps`); fastest on
+#           CPU. The backbone keeps its activations time-major with it.
 CONV_IMPLEMENTATIONS = ("atrous", "conv2d", "matmul")
 
 # Two ways to compute the same layer normalization (see `layer_norm`):
@@ -103,8 +105,30 @@ def _with_dense_gradient(params):
   return tf.identity(params), grad
 
 
+def split_rows(tensor, towers):
+  """`tensor` cut along axis 0 into `towers` parts of near-equal static size.
+
+  Args:
+    tensor: Tensor whose first dimension is static.
+    towers: int >= 1.
+
+  Returns:
+    list of `towers` Tensors ([tensor] when towers is 1).
+  """
+  if towers == 1:
+    return [tensor]
+  rows = tensor.shape[0]
+  if rows is None:
+    raise ValueError("split_rows needs a static first dimension, got %s" %
+                     tensor.shape)
+  sizes = [rows // towers + (1 if i < rows % towers else 0)
+           for i in range(towers)]
+  return tf.split(tensor, sizes, axis=0)
+
+
 def conv1d(inputs, output_channels, dilation=1, kernel_size=1, causal=False,
-           name="dilated_conv", implementation="atrous", reuse=None):
+           name="dilated_conv", implementation="atrous", reuse=None,
+           time_major=False):
   """Dilated 1-D convolution over the time axis (original `ops.conv1d`).
 
   Variables, in scope `name`: `weight` [1, kernel_size, C_in, output_channels]
@@ -123,9 +147,13 @@ def conv1d(inputs, output_channels, dilation=1, kernel_size=1, causal=False,
     name: variable scope name.
     implementation: one of CONV_IMPLEMENTATIONS.
     reuse: passed to the variable scope (AUTO_REUSE to share the variables).
+    time_major: `inputs` (and the result) are [seq_length, batch_size, C]
+      instead. "matmul" works time-major (and transposes batch-major
+      inputs); "atrous" and "conv2d" transpose time-major inputs.
 
   Returns:
-    float32 Tensor [batch_size, seq_length, output_channels].
+    float32 Tensor [batch_size, seq_length, output_channels] (time-major:
+    [seq_length, batch_size, output_channels]).
   """
   if implementation not in CONV_IMPLEMENTATIONS:
     raise ValueError("Unknown conv implementation %r, expected one of %s" %
@@ -140,38 +168,114 @@ def conv1d(inputs, output_channels, dilation=1, kernel_size=1, causal=False,
         "bias", [output_channels],
         initializer=tf.compat.v1.constant_initializer(0.0))
 
+    if kernel_size == 1 and implementation == "matmul":
+      # A 1x1 convolution is a product over rows, in either layout.
+      return _conv1d_as_matmul(inputs, weight, bias, 1, 1, causal)
     if implementation == "matmul":
-      return _conv1d_as_matmul(inputs, weight, bias, dilation, kernel_size,
-                               causal)
+      if not time_major:
+        inputs = tf.transpose(inputs, [1, 0, 2])
+      out = _conv1d_taps(inputs, weight, bias, dilation, kernel_size, causal)
+      return out if time_major else tf.transpose(out, [1, 0, 2])
+    if time_major:
+      return tf.transpose(
+          _conv1d_batch_major(tf.transpose(inputs, [1, 0, 2]), weight, bias,
+                              dilation, kernel_size, causal, implementation),
+          [1, 0, 2])
+    return _conv1d_batch_major(inputs, weight, bias, dilation, kernel_size,
+                               causal, implementation)
 
-    if causal:
-      inputs = tf.pad(inputs, [[0, 0], [(kernel_size - 1) * dilation, 0],
-                               [0, 0]])
-      padding = "VALID"
+
+def _conv1d_batch_major(inputs, weight, bias, dilation, kernel_size, causal,
+                        implementation):
+  """atrous / conv2d on [batch_size, seq_length, C_in] inputs."""
+  if causal:
+    inputs = tf.pad(inputs, [[0, 0], [(kernel_size - 1) * dilation, 0],
+                             [0, 0]])
+    padding = "VALID"
+  else:
+    padding = "SAME"
+  expanded = tf.expand_dims(inputs, axis=1)
+  if implementation == "atrous":
+    out = tf.compat.v1.nn.atrous_conv2d(
+        expanded, weight, rate=dilation, padding=padding)
+  else:
+    out = tf.compat.v1.nn.conv2d(
+        expanded, weight, strides=[1, 1, 1, 1], padding=padding,
+        dilations=[1, 1, dilation, 1])
+  return tf.squeeze(out + bias, [1])
+
+
+def _conv1d_taps(inputs, weight, bias, dilation, kernel_size, causal):
+  """The dilated convolution as one product per tap, time-major.
+
+  With x time-major and flattened to rows r = t * batch_size + b, output t
+  is sum_j x[t - s_j] @ W[j] with s_j = pad_left - j * dilation. For tap j
+  only the rows whose input position t - s_j exists contribute: a
+  contiguous block of (T - |s_j|) * batch_size rows, multiplied alone and
+  placed with a block of zero rows above (s_j > 0) or below (s_j < 0). Taps
+  that only ever see padding (|s_j| >= T: long dilations on short
+  sequences) are skipped. Against one product over the k stacked shifted
+  copies (`_conv1d_as_matmul`) this skips the products with the zero padding
+  (about a fifth of the work with dilations [1, 4] * 4 on 20 positions) and
+  builds no [positions, k * C] copy; the gradients are blocks of rows too.
+  Needs a static seq_length (otherwise falls back to `_conv1d_as_matmul`).
+
+  Args:
+    inputs: float32 [seq_length, batch_size, C_in].
+
+  Returns:
+    float32 [seq_length, batch_size, C_out].
+  """
+  seq_length, batch_size, in_channels = get_shape_list(inputs, expected_rank=3)
+  output_channels = int(weight.shape[-1])
+  if not isinstance(seq_length, int):
+    batch_major = tf.transpose(inputs, [1, 0, 2])
+    return tf.transpose(_conv1d_as_matmul(batch_major, weight, bias, dilation,
+                                          kernel_size, causal), [1, 0, 2])
+  static_batch = isinstance(batch_size, int)
+  total_pad = (kernel_size - 1) * dilation
+  pad_left = total_pad if causal else total_pad // 2
+  rows = tf.reshape(inputs, [-1, in_channels])
+  kernels = tf.unstack(tf.reshape(weight, [kernel_size, in_channels,
+                                           output_channels]))
+  products = []
+  for j in range(kernel_size):
+    shift = pad_left - j * dilation
+    if abs(shift) >= seq_length:
+      continue
+    if shift == 0:
+      products.append(tf.matmul(rows, kernels[j]))
+      continue
+    kept = (seq_length - abs(shift)) * batch_size
+    skipped = abs(shift) * batch_size
+    if static_batch:
+      # split, not slice: its gradient is a concat, not a Pad.
+      sizes = [kept, skipped] if shift > 0 else [skipped, kept]
+      block = tf.split(rows, sizes, axis=0)[0 if shift > 0 else 1]
     else:
-      padding = "SAME"
-    expanded = tf.expand_dims(inputs, axis=1)
-    if implementation == "atrous":
-      out = tf.compat.v1.nn.atrous_conv2d(
-          expanded, weight, rate=dilation, padding=padding)
-    else:
-      out = tf.compat.v1.nn.conv2d(
-          expanded, weight, strides=[1, 1, 1, 1], padding=padding,
-          dilations=[1, 1, dilation, 1])
-    return tf.squeeze(out + bias, [1])
+      begin = 0 if shift > 0 else skipped
+      block = tf.slice(rows, tf.stack([begin, 0]), tf.stack([kept, -1]))
+    product = tf.matmul(block, kernels[j])
+    zeros = tf.zeros(tf.stack([skipped, output_channels]))
+    products.append(tf.concat([zeros, product] if shift > 0 else
+                              [product, zeros], axis=0))
+  if not products:  # every tap reads padding only: the output is the bias
+    products.append(tf.zeros(tf.stack([seq_length * batch_size,
+                                       output_channels])))
+  out = tf.nn.bias_add(tf.add_n(products), bias)
+  return tf.reshape(out, [seq_length, -1, output_channels])
 
 
 def _conv1d_as_matmul(inputs, weight, bias, dilation, kernel_size, causal):
   """The dilated convolution as one matrix product over shifted inputs.
 
   Output t is sum_j x[t + j*d - pad_left] @ W[j]; stacking the k shifted views
-  on the channel axis turns this into [B*T, k*C_in] @ [k*C_in, C_out].
-
-  With a static sequence length each view is built as `pad(slice(x))`
-  (`_shifted_view`), whose gradient is one `Pad` and one `Slice`. Slicing a
-  padded copy with Python indexing (the dynamic-length fallback) computes the
-  same values, but its gradient, `StridedSliceGrad`, was 30% of a NextItNet
-  pretraining step on 2 CPU cores (benchmarks/README.md).
+  on the channel axis turns this into [B*T, k*C_in] @ [k*C_in, C_out]. Used
+  for 1x1 convolutions (a plain product over rows, in any layout) and when
+  the sequence length is not static. The views are strided slices of a
+  padded copy; with a static length `_conv1d_taps` is much cheaper (the
+  gradient of these slices, StridedSliceGrad, alone took 30% of a NextItNet
+  pretraining step; benchmarks/README.md).
   """
   batch_size, seq_length, in_channels = get_shape_list(inputs, expected_rank=3)
   output_channels = weight.shape[-1]
@@ -179,10 +283,6 @@ def _conv1d_as_matmul(inputs, weight, bias, dilation, kernel_size, causal):
   pad_left = total_pad if causal else total_pad // 2
   if kernel_size == 1:
     stacked = inputs
-  elif isinstance(seq_length, int):
-    shifted = [_shifted_view(inputs, pad_left - j * dilation, seq_length)
-               for j in range(kernel_size)]
-    stacked = tf.concat(shifted, axis=-1)
   else:
     padded = tf.pad(inputs, [[0, 0], [pad_left, total_pad - pad_left], [0, 0]])
     shifted = [padded[:, j * dilation:j * dilation + seq_length, :]
@@ -192,29 +292,6 @@ def _conv1d_as_matmul(inputs, weight, bias, dilation, kernel_size, causal):
   kernel = tf.reshape(weight, [kernel_size * in_channels, output_channels])
   out = tf.matmul(flat, kernel) + bias
   return tf.reshape(out, [batch_size, seq_length, output_channels])
-
-
-def _shifted_view(inputs, shift, seq_length):
-  """view[:, t] = inputs[:, t - shift], zeros where t - shift is outside.
-
-  Args:
-    inputs: float Tensor [batch_size, seq_length, C]; seq_length static.
-    shift: Python int; > 0 looks back (causal taps), < 0 looks ahead.
-    seq_length: Python int.
-
-  Returns:
-    Tensor of the shape of `inputs`.
-  """
-  if shift == 0:
-    return inputs
-  if abs(shift) >= seq_length:
-    return tf.zeros_like(inputs)
-  kept = seq_length - abs(shift)
-  if shift > 0:
-    return tf.pad(tf.slice(inputs, [0, 0, 0], [-1, kept, -1]),
-                  [[0, 0], [shift, 0], [0, 0]])
-  return tf.pad(tf.slice(inputs, [0, -shift, 0], [-1, kept, -1]),
-                [[0, 0], [0, -shift], [0, 0]])
 
 
 def layer_norm(inputs, name, epsilon=1e-8, trainable=True,
@@ -272,33 +349,36 @@ def _layer_norm_analytic(inputs, gamma, beta, epsilon):
     dgamma = sum over the other axes of dy * xhat
     dbeta  = sum over the other axes of dy
   TensorFlow only runs the parts a fetch needs (no dgamma for a frozen
-  layer norm).
+  layer norm). Computed on the [rows, C] view of the input: 2-D broadcasts
+  are cheaper than 3-D ones in TensorFlow's CPU kernels (up to 15% of the
+  layer norm at fine-tuning sizes).
   """
-  last = inputs.shape.ndims - 1
-  outer_axes = list(range(last))
+  channels = int(inputs.shape[-1])
+  shape = get_shape_list(inputs)
 
   @tf.custom_gradient
   def normalize(x, scale, offset):
-    mean = tf.reduce_mean(x, axis=last, keepdims=True)
+    mean = tf.reduce_mean(x, axis=1, keepdims=True)
     centered = x - mean
-    variance = tf.reduce_mean(tf.square(centered), axis=last, keepdims=True)
+    variance = tf.reduce_mean(tf.square(centered), axis=1, keepdims=True)
     inverse_std = tf.math.rsqrt(variance + epsilon)
     x_hat = centered * inverse_std
     # bias_add: see the "moments" branch of layer_norm.
     output = tf.nn.bias_add(scale * x_hat, offset)
 
     def grad(d_output):
-      d_scale = tf.reduce_sum(d_output * x_hat, axis=outer_axes)
-      d_offset = tf.reduce_sum(d_output, axis=outer_axes)
+      d_scale = tf.reduce_sum(d_output * x_hat, axis=0)
+      d_offset = tf.reduce_sum(d_output, axis=0)
       d_x_hat = d_output * scale
       d_x = inverse_std * (
-          d_x_hat - tf.reduce_mean(d_x_hat, axis=last, keepdims=True) -
-          x_hat * tf.reduce_mean(d_x_hat * x_hat, axis=last, keepdims=True))
+          d_x_hat - tf.reduce_mean(d_x_hat, axis=1, keepdims=True) -
+          x_hat * tf.reduce_mean(d_x_hat * x_hat, axis=1, keepdims=True))
       return d_x, d_scale, d_offset
 
     return output, grad
 
-  return normalize(inputs, gamma, beta)
+  rows = tf.reshape(inputs, [-1, channels])
+  return tf.reshape(normalize(rows, gamma, beta), shape)
 
 
 def gelu(x):

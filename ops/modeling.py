@@ -7,6 +7,7 @@ same network without repeating flags.
 import copy
 import dataclasses
 import json
+import os
 from typing import List
 
 import tensorflow as tf
@@ -33,6 +34,14 @@ class ModelConfig:
   layer_norm_implementation: str = "analytic"
   # see ops.layers.EMBEDDING_GRADIENTS; "sparse" is the original
   embedding_gradients: str = "dense"
+  # Row-parallel towers per step (see `num_towers`): 0 = one per CPU core,
+  # 1 = the original single chain of ops. Values only, not the math.
+  towers: int = 0
+
+  # Fields that choose how the graph computes, not what it computes or which
+  # variables it has: a checkpoint restores whatever their values.
+  EXECUTION_FIELDS = ("conv_implementation", "layer_norm_implementation",
+                      "embedding_gradients", "towers")
 
   @property
   def hidden_size(self):
@@ -90,8 +99,51 @@ def positional_embedding(batch_size, seq_length, max_position, channels):
     return tf.nn.embedding_lookup(table, positions)
 
 
+# Fewest sequences (or rows) a tower gets: smaller ops cost more than the
+# parallelism gives back.
+MIN_TOWER_SEQUENCES = 8
+
+
+def default_towers():
+  """Towers when ModelConfig.towers is 0: one per CPU core, 1 with a GPU."""
+  if tf.config.list_physical_devices("GPU"):
+    return 1
+  return max(1, os.cpu_count() or 1)
+
+
+def num_towers(config, batch_size, min_rows=MIN_TOWER_SEQUENCES):
+  """How many towers a batch of `batch_size` rows is split into.
+
+  The NextItNet/GRec network treats every sequence (and every position of
+  the output head) independently, so a batch can be cut into parts that go
+  through the same layers, with the same variables, as separate chains of
+  ops: TensorFlow's inter-op threads then run the parts on different cores.
+  Outputs are concatenated back, so values and gradients are those of the
+  whole batch (up to the order of float32 sums). A dynamic batch size (the
+  last partial evaluation batch) is not split.
+
+  Args:
+    config: ModelConfig (its `towers`: 0 = `default_towers()`).
+    batch_size: Python int, or a Tensor when unknown.
+    min_rows: fewest rows per tower.
+
+  Returns:
+    int >= 1.
+  """
+  if config.towers < 0:
+    raise ValueError("ModelConfig.towers must be >= 0, got %d" % config.towers)
+  if not isinstance(batch_size, int):
+    return 1
+  towers = config.towers or default_towers()
+  return max(1, min(towers, batch_size // max(1, min_rows)))
+
+
 def backbone(item_ids, config, patch=None, cardinality=1, embedding_table=None):
   """The stack of residual blocks over the item embeddings.
+
+  With more than one tower (`num_towers`), the embedded batch is split into
+  row blocks that run through the blocks (same variables) side by side and
+  are concatenated at the end.
 
   Args:
     item_ids: int32 Tensor [batch_size, seq_length] (the context sequence).
@@ -117,12 +169,24 @@ def backbone(item_ids, config, patch=None, cardinality=1, embedding_table=None):
         positional_embedding(batch_size, seq_length, config.max_position,
                              config.channels)
     ], axis=-1)
-  for layer_id, dilation in enumerate(config.dilations):
-    hidden = blocks.residual_block(
-        hidden, dilation, layer_id, config.kernel_size, causal=config.causal,
-        patch=patch, cardinality=cardinality,
-        conv_implementation=config.conv_implementation,
-        layer_norm_implementation=config.layer_norm_implementation)
+  towers = num_towers(config, layers.get_shape_list(item_ids, 2)[0])
+  # "matmul" convolutions want time-major activations: transpose once here.
+  time_major = config.conv_implementation == "matmul"
+  outputs = []
+  for part in layers.split_rows(hidden, towers):
+    if time_major:
+      part = tf.transpose(part, [1, 0, 2])
+    for layer_id, dilation in enumerate(config.dilations):
+      part = blocks.residual_block(
+          part, dilation, layer_id, config.kernel_size, causal=config.causal,
+          patch=patch, cardinality=cardinality,
+          conv_implementation=config.conv_implementation,
+          layer_norm_implementation=config.layer_norm_implementation,
+          time_major=time_major)
+    if time_major:
+      part = tf.transpose(part, [1, 0, 2])
+    outputs.append(part)
+  hidden = outputs[0] if towers == 1 else tf.concat(outputs, axis=0)
   return hidden, embedding_table
 
 

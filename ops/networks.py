@@ -7,9 +7,12 @@ build exactly the same thing.
 import tensorflow as tf
 
 from ops import heads
+from ops import layers
 from ops import modeling
 
 SOFTMAX_TYPES = ("sampled", "full")
+# Fewest predicted positions per tower of the sampled-softmax head.
+MIN_HEAD_TOWER_ROWS = 64
 
 
 def pretrain_output_layer(config, softmax):
@@ -62,9 +65,12 @@ def item_loss(vectors, labels, config, output_layer, num_sampled, seed=None):
   """
   if output_layer is not None:
     softmax_w, softmax_b = output_layer
+    towers = modeling.num_towers(
+        config, layers.get_shape_list(vectors, expected_rank=2)[0],
+        min_rows=MIN_HEAD_TOWER_ROWS)
     return heads.sampled_softmax_loss(
         vectors, labels, softmax_w, softmax_b, num_sampled, seed=seed,
-        embedding_gradients=config.embedding_gradients)
+        embedding_gradients=config.embedding_gradients, towers=towers)
   return heads.full_softmax_loss(item_logits(vectors, config, None), labels)
 
 

@@ -25,8 +25,12 @@ def _run(fetches):
 
 
 def _conv_and_gradients(x, implementation, dilation, kernel_size, causal,
-                        dynamic_length):
-  """Output and input/weight/bias gradients of one conv1d, fixed weights."""
+                        dynamic_length, time_major=False):
+  """Output and input/weight/bias gradients of one conv1d, fixed weights.
+
+  `x` and the results are batch-major; with time_major the conv is applied
+  to the transposed input and its output transposed back.
+  """
   rng = np.random.default_rng(1)
   weight = rng.normal(size=(1, kernel_size, x.shape[-1], 6)).astype(np.float32)
   bias = rng.normal(size=6).astype(np.float32)
@@ -34,8 +38,14 @@ def _conv_and_gradients(x, implementation, dilation, kernel_size, causal,
   with tf.Graph().as_default():
     shape = [None, None, x.shape[-1]] if dynamic_length else x.shape
     inputs = tf.compat.v1.placeholder(tf.float32, shape)
-    out = layers.conv1d(inputs, 6, dilation, kernel_size, causal, name="conv",
-                        implementation=implementation)
+    if time_major:
+      out = tf.transpose(layers.conv1d(
+          tf.transpose(inputs, [1, 0, 2]), 6, dilation, kernel_size, causal,
+          name="conv", implementation=implementation, time_major=True),
+                         [1, 0, 2])
+    else:
+      out = layers.conv1d(inputs, 6, dilation, kernel_size, causal,
+                          name="conv", implementation=implementation)
     variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
     grads = tf.gradients(out, [inputs, variables["conv/weight"],
                                variables["conv/bias"]], grad_ys=upstream)
@@ -47,31 +57,47 @@ def _conv_and_gradients(x, implementation, dilation, kernel_size, causal,
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (3, 4), (3, 8),
-                                                  (2, 3), (4, 5), (1, 1)])
-def test_matmul_conv_static_length_matches_atrous_and_dynamic(
+                                                  (2, 3), (4, 5), (1, 1),
+                                                  (2, 9)])
+def test_matmul_conv_per_tap_matches_stacked_and_atrous(
     causal, kernel_size, dilation):
-  # Length 9: dilation 8 makes some taps fall entirely outside the sequence.
+  # Length 9: dilation 8 makes some taps fall entirely outside the sequence;
+  # kernel 2 with dilation 9 non-causal reads padding only (output = bias).
   x = np.random.default_rng(0).normal(size=(3, 9, 5)).astype(np.float32)
-  static = _conv_and_gradients(x, "matmul", dilation, kernel_size, causal,
-                               dynamic_length=False)
-  dynamic = _conv_and_gradients(x, "matmul", dilation, kernel_size, causal,
-                                dynamic_length=True)
   atrous = _conv_and_gradients(x, "atrous", dilation, kernel_size, causal,
                                dynamic_length=True)
-  for got, want_dynamic, want_atrous in zip(static, dynamic, atrous):
-    np.testing.assert_allclose(got, want_dynamic, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(got, want_atrous, rtol=1e-5, atol=1e-5)
+  for dynamic_length, time_major in [(False, False), (False, True),
+                                     (True, False), (True, True)]:
+    # Static length: one product per tap (`_conv1d_taps`); dynamic length:
+    # the stacked fallback (`_conv1d_as_matmul`).
+    got = _conv_and_gradients(x, "matmul", dilation, kernel_size, causal,
+                              dynamic_length, time_major)
+    for name, value, want in zip(["out", "d_x", "d_w", "d_b"], got, atrous):
+      np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5,
+                                 err_msg="%s %s %s" % (
+                                     name, dynamic_length, time_major))
 
 
-def test_matmul_conv_static_length_has_no_strided_slice_gradient():
+@pytest.mark.parametrize("implementation", ["atrous", "conv2d"])
+def test_time_major_conv_transposes_around_the_batch_major_kernels(
+    implementation):
+  x = np.random.default_rng(8).normal(size=(2, 7, 4)).astype(np.float32)
+  want = _conv_and_gradients(x, implementation, 2, 3, True, False)
+  got = _conv_and_gradients(x, implementation, 2, 3, True, False,
+                            time_major=True)
+  for value, expected in zip(got, want):
+    np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_matmul_conv_static_length_has_no_strided_slices_or_padding_copies():
   with tf.Graph().as_default() as graph:
-    inputs = tf.zeros([2, 7, 4])
-    out = layers.conv1d(inputs, 4, 2, 3, causal=True, name="conv",
-                        implementation="matmul")
+    inputs = tf.zeros([7, 2, 4])
+    out = layers.conv1d(inputs, 4, 2, 3, causal=False, name="conv",
+                        implementation="matmul", time_major=True)
     tf.gradients(out, inputs)
     op_types = {op.type for op in graph.get_operations()}
-  assert "StridedSliceGrad" not in op_types
-  assert "StridedSlice" not in op_types
+  for op_type in ("StridedSlice", "StridedSliceGrad", "Pad", "Transpose"):
+    assert op_type not in op_types
 
 
 def _layer_norm_and_gradients(x, implementation, trainable=True):
@@ -133,11 +159,21 @@ def test_model_config_defaults_are_the_fast_paths_and_round_trip():
   assert config.conv_implementation == "matmul"
   assert config.layer_norm_implementation == "analytic"
   assert config.embedding_gradients == "dense"
+  assert config.towers == 0
   assert modeling.ModelConfig.from_dict(config.to_dict()) == config
   # A model_config.json written before these fields existed still loads.
   old = config.to_dict()
-  del old["layer_norm_implementation"], old["embedding_gradients"]
+  for name in ("layer_norm_implementation", "embedding_gradients", "towers"):
+    del old[name]
   assert modeling.ModelConfig.from_dict(old) == config
+  # Execution fields are fields, and only they differ between these configs.
+  assert set(modeling.ModelConfig.EXECUTION_FIELDS) <= set(config.to_dict())
+  original = config.replace(conv_implementation="atrous",
+                            layer_norm_implementation="moments",
+                            embedding_gradients="sparse", towers=1)
+  assert {k for k, v in original.to_dict().items()
+          if v != config.to_dict()[k]} == set(
+              modeling.ModelConfig.EXECUTION_FIELDS)
 
 
 @pytest.mark.parametrize(
@@ -281,3 +317,107 @@ def test_dense_embedding_gradients_give_the_same_adam_updates():
   assert not np.allclose(sparse_end["softmax_w"], start["softmax_w"])
   assert not np.allclose(sparse_end["allitem_embeddings"],
                          start["allitem_embeddings"])
+
+
+def test_num_towers():
+  config = modeling.ModelConfig(item_size=9, towers=2)
+  assert modeling.num_towers(config, 32) == 2
+  assert modeling.num_towers(config, 12) == 1  # fewer than 8 rows a tower
+  assert modeling.num_towers(config, 512, min_rows=64) == 2
+  assert modeling.num_towers(config.replace(towers=1), 512) == 1
+  assert modeling.num_towers(config.replace(towers=3), 17) == 2
+  with tf.Graph().as_default():
+    dynamic = tf.compat.v1.placeholder(tf.int32, [None, 5])
+    assert modeling.num_towers(config, layers.get_shape_list(dynamic)[0]) == 1
+  assert modeling.num_towers(config.replace(towers=0), 10 ** 6) == (
+      modeling.default_towers())
+  with pytest.raises(ValueError, match="towers must be >= 0"):
+    modeling.num_towers(config.replace(towers=-1), 32)
+
+
+def _network_outputs(config, itemseq, initial=None, patch=None):
+  """NextItNet loss, hidden and gradients of every variable (seeded)."""
+  with tf.Graph().as_default():
+    tf.compat.v1.set_random_seed(3)
+    if patch is None:
+      outputs = networks.nextitnet_pretrain(tf.constant(itemseq), config,
+                                            num_sampled=12, seed=4)
+      loss, hidden = outputs["loss"], outputs["hidden"]
+    else:
+      user, hidden = networks.peterrec_user_vectors(
+          tf.constant(itemseq), config, patch)
+      loss = tf.reduce_sum(tf.square(user))
+    variables = tf.compat.v1.global_variables()
+    grads = tf.gradients(loss, variables)
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      if initial is not None:
+        for variable in variables:
+          variable.load(initial[variable.op.name], sess)
+      values = {v.op.name: sess.run(v) for v in variables}
+      results = sess.run({"loss": loss, "hidden": hidden,
+                          "grads": {v.op.name: tf.convert_to_tensor(g)
+                                    for v, g in zip(variables, grads)}})
+  return values, results
+
+
+@pytest.mark.parametrize("towers,batch_size", [(2, 16), (2, 17), (3, 24)])
+@pytest.mark.parametrize("patch", [None, "serial"])
+def test_towers_compute_the_same_loss_and_gradients(towers, batch_size,
+                                                     patch):
+  itemseq = np.random.default_rng(9).integers(
+      1, 40, size=(batch_size, 9)).astype(np.int32)
+  config = modeling.ModelConfig(item_size=40, channels=8, dilations=[1, 2, 4],
+                                towers=1)
+  initial, want = _network_outputs(config, itemseq, patch=patch)
+  _, got = _network_outputs(config.replace(towers=towers), itemseq, initial,
+                            patch=patch)
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+  np.testing.assert_allclose(got["hidden"], want["hidden"], rtol=1e-5,
+                             atol=1e-6)
+  for name, grad in want["grads"].items():
+    np.testing.assert_allclose(got["grads"][name], grad, rtol=1e-4,
+                               atol=1e-6, err_msg=name)
+
+
+def test_towers_split_the_graph_and_share_the_variables():
+  counts = {}
+  for towers in (1, 2):
+    config = modeling.ModelConfig(item_size=40, channels=8, dilations=[1, 2],
+                                  towers=towers)
+    with tf.Graph().as_default() as graph:
+      modeling.backbone(tf.zeros([16, 5], tf.int32), config)
+      counts[towers] = sum(op.type == "MatMul"
+                           for op in graph.get_operations())
+      variables = tf.compat.v1.global_variables()
+    # Embeddings + 2 blocks x 2 convs x (weight, bias, gamma, beta).
+    assert len(variables) == 1 + 2 * 2 * 4
+  assert counts[2] == 2 * counts[1]
+
+
+@pytest.mark.parametrize("towers", [2, 3])
+def test_split_sampled_softmax_towers(towers):
+  rng = np.random.default_rng(10)
+  hidden_np = rng.normal(size=(30, 8)).astype(np.float32)
+  labels_np = rng.integers(1, 25, size=(30, 1))
+  results = []
+  for parts in (1, towers):
+    with tf.Graph().as_default():
+      hidden = tf.constant(hidden_np)
+      softmax_w, softmax_b = heads.softmax_variables(25, 8)
+      labels = tf.constant(labels_np, tf.int64)
+      sampled_values = tf.random.log_uniform_candidate_sampler(
+          labels, 1, 10, True, 25, seed=7)
+      tf.compat.v1.set_random_seed(1)
+      losses = heads.split_sampled_softmax_losses(
+          hidden, labels, softmax_w, softmax_b, sampled_values,
+          embedding_gradients="dense", towers=parts)
+      grads = tf.gradients(tf.reduce_mean(losses), [hidden, softmax_w,
+                                                    softmax_b])
+      with tf.compat.v1.Session() as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        softmax_w.load(np.linspace(-1, 1, 200, dtype=np.float32).reshape(
+            25, 8), sess)
+        results.append(sess.run([losses] + grads))
+  for got, want in zip(results[1], results[0]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
