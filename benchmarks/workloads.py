@@ -1,0 +1,150 @@
+"""Benchmark sizes and the generated data they run on.
+
+A preset fixes the model and batch sizes; `prepare_data` writes a
+pretraining and a fine-tuning TFRecord dataset of that size with the
+project's own converter (`tfrecord_tools.convert_csv`), plus a randomly
+initialized backbone checkpoint for fine-tuning to start from.
+"""
+import dataclasses
+import os
+from typing import List
+
+import numpy as np
+import tensorflow as tf
+
+import data_loader
+from ops import heads
+from ops import masking
+from ops import modeling
+from ops import networks
+from tfrecord_tools import convert_csv
+
+WORKLOADS = ("pretrain_nextitnet", "pretrain_grec", "finetune_serial",
+             "finetune_parallel")
+
+
+@dataclasses.dataclass
+class Preset:
+  """Sizes of one benchmark run."""
+  name: str
+  channels: int = 64
+  dilations: List[int] = dataclasses.field(
+      default_factory=lambda: [1, 4, 1, 4, 1, 4, 1, 4])
+  kernel_size: int = 3
+  num_items: int = 5000          # item vocabulary (with id 0)
+  seq_length: int = 20           # pretraining sequences = fine-tuning sources
+  num_sampled: int = 1000        # sampled softmax negatives
+  pretrain_batch: int = 32
+  finetune_batch: int = 512
+  num_targets: int = 1000        # fine-tuning target vocabulary (with id 0)
+  num_sequences: int = 20000     # pretraining sequences written
+  num_finetune_users: int = 20000
+  # Timed steps per repetition: (a) feed_dict, (b) Estimator, (c) input only.
+  pretrain_steps: tuple = (100, 300, 3000)
+  finetune_steps: tuple = (8, 24, 1000)
+  pretrain_warmup: int = 30
+  finetune_warmup: int = 4
+
+
+PRESETS = {
+    # The sizes of issue 7 (and of the original demo code).
+    "demo": Preset("demo"),
+    # The paper's width: 256 channels; fewer, longer steps.
+    "paper": Preset("paper", channels=256, pretrain_steps=(30, 90, 3000),
+                    finetune_steps=(2, 6, 1000), pretrain_warmup=10,
+                    finetune_warmup=2),
+    # A few seconds per workload: for the smoke test only.
+    "smoke": Preset("smoke", channels=16, dilations=[1, 2], num_items=300,
+                    seq_length=8, num_sampled=50, pretrain_batch=8,
+                    finetune_batch=16, num_targets=40, num_sequences=400,
+                    num_finetune_users=400, pretrain_steps=(3, 3, 20),
+                    finetune_steps=(3, 3, 20), pretrain_warmup=2,
+                    finetune_warmup=2),
+}
+
+
+def model_config(preset, causal):
+  """The backbone ModelConfig of a preset (matmul conv, the default)."""
+  return modeling.ModelConfig(
+      item_size=preset.num_items, channels=preset.channels,
+      dilations=list(preset.dilations), kernel_size=preset.kernel_size,
+      causal=causal)
+
+
+def num_predictions(preset):
+  """Masked positions per GRec sequence (defaults 0.3 and 30)."""
+  return masking.num_to_predict(preset.seq_length)
+
+
+def _zipf_items(rng, size, num_items):
+  """Item ids in [1, num_items) with a mild popularity skew."""
+  ranks = rng.zipf(1.2, size=size)
+  return (ranks - 1) % (num_items - 1) + 1
+
+
+def generate_sequences(preset, seed=1):
+  """[num_sequences, seq_length] item ids; every id occurs at least once."""
+  rng = np.random.default_rng(seed)
+  items = _zipf_items(rng, (preset.num_sequences, preset.seq_length),
+                      preset.num_items)
+  # Make the vocabulary exactly num_items: list every id once up front.
+  every = np.arange(1, preset.num_items)
+  flat = items.reshape(-1)
+  flat[:every.size] = every
+  return flat.reshape(items.shape)
+
+
+def prepare_data(preset, work_dir, seed=1):
+  """Writes the datasets and the backbone checkpoints of `preset`.
+
+  Returns:
+    dict with "pretrain" and "finetune" metadata dicts (see
+    data_loader.load_metadata) and "backbones" {causal: checkpoint prefix}.
+  """
+  sequences = generate_sequences(preset, seed)
+  pretrain_dir = os.path.join(work_dir, "data_pretrain")
+  convert_csv.make_pretrain_dataset(
+      pretrain_dir, sequences.tolist(), test_fraction=0.05, overwrite=True)
+  pretrain = data_loader.load_metadata(pretrain_dir)
+  if pretrain["item_vocab_size"] != preset.num_items:
+    raise AssertionError("generated %d items, wanted %d" %
+                         (pretrain["item_vocab_size"], preset.num_items))
+  rng = np.random.default_rng(seed + 1)
+  sources = _zipf_items(rng, (preset.num_finetune_users, preset.seq_length),
+                        preset.num_items)
+  targets = rng.integers(1, preset.num_targets,
+                         size=(preset.num_finetune_users, 1))
+  targets[:preset.num_targets - 1, 0] = np.arange(1, preset.num_targets)
+  finetune_dir = os.path.join(work_dir, "data_finetune")
+  convert_csv.make_finetune_dataset(
+      finetune_dir, sources.tolist(), targets.tolist(),
+      item_vocab=pretrain["paths"]["item_vocab"], test_fraction=0.05,
+      overwrite=True)
+  finetune = data_loader.load_metadata(finetune_dir)
+  if finetune["target_vocab_size"] != preset.num_targets:
+    raise AssertionError("generated %d targets, wanted %d" %
+                         (finetune["target_vocab_size"], preset.num_targets))
+  backbones = {causal: write_backbone_checkpoint(
+      preset, causal, os.path.join(work_dir, "backbone_%s" %
+                                   ("causal" if causal else "noncausal")))
+               for causal in (True, False)}
+  return {"pretrain": pretrain, "finetune": finetune, "backbones": backbones}
+
+
+def write_backbone_checkpoint(preset, causal, directory):
+  """A randomly initialized pretraining graph saved as a checkpoint."""
+  prefix = os.path.join(directory, "backbone.ckpt")
+  with tf.Graph().as_default():
+    config = model_config(preset, causal)
+    itemseq = tf.zeros([1, preset.seq_length], tf.int32)
+    modeling.backbone(itemseq, config)
+    networks.pretrain_output_layer(config, "sampled")
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      saver.save(sess, prefix, write_meta_graph=False)
+  return prefix
+
+
+def default_num_sampled(preset):
+  return min(preset.num_sampled, heads.default_num_sampled(preset.num_items))
