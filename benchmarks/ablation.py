@@ -13,10 +13,22 @@ core) and how many cores other processes used during the windows.
       --variants=feed_dict,original_graph,time_major,towers,estimator
 
 The numbers in benchmarks/README.md come from this script.
+
+Thread pools: TensorFlow 1 sessions share process-wide thread pools sized
+by the first session, so that different thread settings can be compared in
+one process this script sets TF_OVERRIDE_GLOBAL_THREADPOOL=1 (each session
+gets the intra-op pool its config asks for) and gives each raw session its
+own inter-op pool (`use_per_session_threads`); the Estimator's session uses
+the global inter-op pool, sized by a first session with the script's config.
 """
+import os
+os.environ.setdefault("TF_OVERRIDE_GLOBAL_THREADPOOL", "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import collections
 import contextlib
 import functools
+import gc
 import json
 import shutil
 import tempfile
@@ -85,6 +97,10 @@ VARIANTS = collections.OrderedDict([
                                                          threads=(2, 2)))),
     ("threads_1_1", ("current, intra 1 / inter 1", dict(CURRENT,
                                                          threads=(1, 1)))),
+    ("threads_1_3", ("current, intra 1 / inter 3", dict(CURRENT,
+                                                         threads=(1, 3)))),
+    ("towers_3", ("current, 3 towers", dict(CURRENT, towers=3))),
+    ("towers_4", ("current, 4 towers", dict(CURRENT, towers=4))),
     ("jit", ("current + XLA auto-clustering (global_jit_level ON_1)",
              dict(CURRENT, jit=True))),
     ("script_session", ("the scripts' model_fn and input_fn in a plain "
@@ -246,7 +262,7 @@ class RawSession(object):
     intra, inter = settings.get("threads", (1, 2))
     session_config = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=intra,
-        inter_op_parallelism_threads=inter)
+        inter_op_parallelism_threads=inter, use_per_session_threads=True)
     if settings.get("jit"):
       session_config.graph_options.optimizer_options.global_jit_level = (
           tf.compat.v1.OptimizerOptions.ON_1)
@@ -276,8 +292,10 @@ class ScriptSession(object):
       self._fetches = [spec.train_op, spec.loss]
       init = tf.compat.v1.global_variables_initializer()
     self._graph.finalize()
+    # Its own inter-op pool, of the size the script's config asks for.
     self._session = tf.compat.v1.Session(
-        graph=self._graph, config=estimator_training.session_config())
+        graph=self._graph,
+        config=pipeline.own_pools(estimator_training.session_config()))
     self._session.run(init)
 
   def run_steps(self, num_steps):
@@ -320,6 +338,7 @@ def measure(workload, preset, data, work_dir, names, reps, steps):
       if name == "estimator":
         window, count = runner.run_window(warmup, steps)
       else:
+        gc.collect()  # garbage of earlier graphs: not inside the window
         window = cpu_monitor.CpuWindow().start()
         runner.run_steps(steps)
         window.stop()
@@ -373,6 +392,8 @@ def main(argv):
                           else preset.finetune_steps[1])
   temporary = FLAGS.work_dir is None
   work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="peterrec_ablation_")
+  pipeline.pin_global_thread_pools(pipeline.EstimatorTraining(
+      FLAGS.workload, preset, None, None).session_config())
   try:
     data = workloads.prepare_data(preset, work_dir)
     records = measure(FLAGS.workload, preset, data, work_dir,

@@ -21,6 +21,7 @@ import tensorflow as tf
 import peterrec_finetune
 from ops import heads
 from ops import networks
+from benchmarks import pipeline
 from benchmarks import workloads
 
 
@@ -46,8 +47,11 @@ class _Loop(object):
     self._next_feed = next_feed
     with graph.as_default():
       init = tf.compat.v1.global_variables_initializer()
-    # Default ConfigProto: the original creates `tf.Session()` as is.
-    self._session = tf.compat.v1.Session(graph=graph)
+    # The original creates `tf.Session()` as is: default thread settings,
+    # here in pools of its own, as if in a process of its own (see
+    # pipeline.pin_global_thread_pools).
+    self._session = tf.compat.v1.Session(graph=graph,
+                                         config=pipeline.own_pools())
     self._session.run(init)
     graph.finalize()
 

@@ -5,13 +5,16 @@ with `nextitnet_pretrain.input_fn_builder` and `build_estimator` (plus the
 script's ProgressHook), or `peterrec_finetune.model_fn_builder` with
 `data_loader.finetune_input_fn_builder` and `make_estimator`, at the
 scripts' default settings. Each repetition trains a fresh model directory
-(`Estimator.train`), and a hook times a window of steps after warm-up: graph
-building, session start-up and the final checkpoint are outside the window.
+(`Estimator.train`) in which a hook times windows of steps after warm-up:
+graph building, session start-up and the final checkpoint are outside the
+windows; the other variants run between them (`run_interleaved`).
 (c) iterates the same `input_fn`'s dataset in a session with the same
 session config and nothing else.
 """
+import gc
 import os
 import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -23,42 +26,82 @@ from benchmarks import cpu_monitor
 from benchmarks import workloads
 
 
-class _WindowHook(tf.estimator.SessionRunHook):
-  """Times `timed_runs` session runs after `warmup_runs`, then stops.
+def pin_global_thread_pools(session_config):
+  """Sizes the process-wide inter-op pool like `session_config`.
 
-  The global step is read (in its own session.run) just before and just
-  after the window, so the count of steps is exact even when one run
-  advances several steps.
+  A TF1 session without `use_per_session_threads` runs its ops on a global
+  inter-op pool that the FIRST session of the process sizes; the Estimator
+  creates such a session. Calling this before any other session gives the
+  Estimator the pool its config asks for, as in a process of its own. (The
+  intra-op pools are per session when TF_OVERRIDE_GLOBAL_THREADPOOL=1,
+  which the benchmark scripts set before importing TensorFlow.)
+  """
+  with tf.Graph().as_default():
+    with tf.compat.v1.Session(config=session_config) as session:
+      session.run(tf.constant(0))
+
+
+def own_pools(session_config=None):
+  """`session_config` (default: TF's defaults) with its own inter-op pool."""
+  config = tf.compat.v1.ConfigProto()
+  if session_config is not None:
+    config.CopyFrom(session_config)
+  config.use_per_session_threads = True
+  return config
+
+
+class _InterleavedWindowsHook(tf.estimator.SessionRunHook):
+  """Times `reps` windows of `timed_runs` runs in one `Estimator.train`.
+
+  After `warmup_runs` runs, and after each window but the last, it calls
+  `between(index of the next window)` (the other variants' windows, run in
+  this thread while the Estimator waits), then lets `rewarm_runs` untimed
+  runs refill the caches before the next window. One long training run, as
+  users have it: no session start-up, checkpoint restore or cold caches
+  inside or between the windows.
   """
 
-  def __init__(self, warmup_runs, timed_runs):
+  def __init__(self, warmup_runs, timed_runs, reps, between=None,
+               rewarm_runs=3):
     self._warmup_runs = warmup_runs
     self._timed_runs = timed_runs
-    self.window = cpu_monitor.CpuWindow()
-    self.steps = None
+    self._reps = reps
+    self._between = between
+    self._rewarm_runs = rewarm_runs
+    self.windows = []  # (CpuWindow, steps)
 
   def begin(self):
     self._global_step = tf.compat.v1.train.get_global_step()
     self._runs = 0
+    self._state = "warmup"
+    self._until = self._warmup_runs
+    self._window = None
     self._start_step = None
-
-  def after_create_session(self, session, coord):
-    del coord
-    if self._warmup_runs == 0:
-      self._start_step = session.run(self._global_step)
-      self.window.start()
 
   def after_run(self, run_context, run_values):
     del run_values
     self._runs += 1
-    if self._runs == self._warmup_runs:
-      self._start_step = run_context.session.run(self._global_step)
-      self.window.start()
-    elif self._runs == self._warmup_runs + self._timed_runs:
-      self.window.stop()
-      self.steps = int(run_context.session.run(self._global_step) -
-                       self._start_step)
-      run_context.request_stop()
+    if self._runs < self._until:
+      return
+    session = run_context.session
+    if self._state == "timed":
+      self._window.stop()
+      steps = int(session.run(self._global_step) - self._start_step)
+      self.windows.append((self._window, steps))
+      if len(self.windows) == self._reps:
+        run_context.request_stop()
+        return
+    if self._state in ("warmup", "timed"):
+      if self._between is not None:
+        self._between(len(self.windows))
+      self._state, self._until = "rewarm", self._runs + self._rewarm_runs
+      if self._rewarm_runs > 0:
+        return
+    # Open the next window.
+    self._start_step = session.run(self._global_step)
+    gc.collect()  # not in the middle of the window
+    self._state, self._until = "timed", self._runs + self._timed_runs
+    self._window = cpu_monitor.CpuWindow().start()
 
 
 class EstimatorTraining(object):
@@ -120,24 +163,37 @@ class EstimatorTraining(object):
     """The session config of the script's Estimator."""
     def unused_model_fn(features, labels, mode, params):
       del features, labels, mode, params
-    return self._estimator(unused_model_fn, None).config.session_config
+    model_dir = tempfile.mkdtemp(prefix="peterrec_bench_config_")
+    try:
+      return self._estimator(unused_model_fn,
+                             model_dir).config.session_config
+    finally:
+      shutil.rmtree(model_dir, ignore_errors=True)
 
   def input_fn(self):
     return self.model_fn_and_input_fn()[1]
 
-  def run_window(self, warmup_steps, timed_steps):
-    """Trains a fresh model; returns (CpuWindow, steps in the window)."""
+  def run_interleaved(self, warmup_steps, timed_steps, reps, between):
+    """One `Estimator.train` with `reps` timed windows (see the hook).
+
+    Returns:
+      list of (CpuWindow, steps in the window).
+    """
     self._count += 1
     model_dir = os.path.join(self._work_dir, "b_%s_%d" % (self._workload,
                                                           self._count))
     shutil.rmtree(model_dir, ignore_errors=True)
     model_fn, input_fn = self.model_fn_and_input_fn()
     estimator = self._estimator(model_fn, model_dir)
-    hook = _WindowHook(warmup_steps, timed_steps)
+    hook = _InterleavedWindowsHook(warmup_steps, timed_steps, reps, between)
     estimator.train(input_fn, hooks=self._script_hooks(model_dir) + [hook],
                     max_steps=10 ** 9)
     shutil.rmtree(model_dir, ignore_errors=True)
-    return hook.window, hook.steps
+    return hook.windows
+
+  def run_window(self, warmup_steps, timed_steps):
+    """Trains a fresh model; returns (CpuWindow, steps in the window)."""
+    return self.run_interleaved(warmup_steps, timed_steps, 1, None)[0]
 
 
 class InputOnly(object):
@@ -180,7 +236,8 @@ class MatmulPeak(object):
       self._product = tf.reduce_sum(tf.matmul(a, b))
       init = tf.compat.v1.global_variables_initializer()
     self._graph.finalize()
-    self._session = tf.compat.v1.Session(graph=self._graph)
+    self._session = tf.compat.v1.Session(graph=self._graph,
+                                         config=own_pools())
     self._session.run(init)
 
   def run_steps(self, num_steps):

@@ -21,9 +21,19 @@ the windows (a window where they used more than 5% of a core is flagged).
   .venv/bin/python -m benchmarks.throughput --preset=paper  # 256 channels
   .venv/bin/python -m benchmarks.throughput --workloads=pretrain_nextitnet \
       --reps=5 --json_output=/tmp/throughput.json
+
+Each variant runs with the thread pools it would have in a process of its
+own: TF_OVERRIDE_GLOBAL_THREADPOOL=1 (set here, before TensorFlow is
+imported) gives every session its own intra-op pool, the first session of
+the process sizes the global inter-op pool like the scripts' Estimator, and
+(a) and the peak get inter-op pools of their own with TF's defaults.
 """
-import json
 import os
+os.environ.setdefault("TF_OVERRIDE_GLOBAL_THREADPOOL", "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import gc
+import json
 import platform
 import shutil
 import subprocess
@@ -100,6 +110,7 @@ def step_sizes(workload, preset, data):
 
 
 def _timed(runner, num_steps):
+  gc.collect()  # garbage of earlier graphs: not inside the window
   window = cpu_monitor.CpuWindow().start()
   runner.run_steps(num_steps)
   window.stop()
@@ -129,32 +140,40 @@ def measure_workload(workload, preset, data, work_dir, reps, steps_scale,
     loop = feed_dict_baseline.finetune_loop(
         preset, data["finetune"], workload[len("finetune_"):])
   estimator = pipeline.EstimatorTraining(workload, preset, data, work_dir)
-  input_only = pipeline.InputOnly(estimator.input_fn())
+  input_only = pipeline.InputOnly(estimator.input_fn(),
+                                  estimator.session_config())
   loop.run_steps(warmup)
   input_only.run_steps(max(10, steps[2] // 10))
   records = []
+
+  def others(rep):
+    """The windows of a, c and the peak before (b)'s window `rep`."""
+    order = ["a", "c", "peak"]
+    order = order[rep % 3:] + order[:rep % 3]  # no fixed neighbours
+    for variant in order:
+      runner, count = {"a": (loop, steps[0]), "c": (input_only, steps[2]),
+                       "peak": (peak, PEAK_STEPS)}[variant]
+      window, count = _timed(runner, count)
+      records.append(_record(workload, variant, rep, window, count))
+      _log(records[-1])
+
   try:
-    for rep in range(reps):
-      # Rotate the order so that no variant always follows another.
-      order = VARIANTS[rep % len(VARIANTS):] + VARIANTS[:rep % len(VARIANTS)]
-      for variant in order:
-        if variant == "a":
-          window, count = _timed(loop, steps[0])
-        elif variant == "b":
-          window, count = estimator.run_window(warmup, steps[1])
-        elif variant == "c":
-          window, count = _timed(input_only, steps[2])
-        else:
-          window, count = _timed(peak, PEAK_STEPS)
-        records.append(_record(workload, variant, rep, window, count))
-        logging.info("%s %s rep %d: %.2f steps/s (other processes %.2f "
-                     "cores)", workload, variant, rep,
-                     records[-1]["steps_per_sec"],
-                     window.other_cores or 0.0)
+    # (b) is one long Estimator.train; the hook pauses it before each of its
+    # windows to run the others' windows.
+    windows = estimator.run_interleaved(warmup, steps[1], reps, others)
+    for rep, (window, count) in enumerate(windows):
+      records.append(_record(workload, "b", rep, window, count))
+      _log(records[-1])
   finally:
     loop.close()
     input_only.close()
   return records
+
+
+def _log(record):
+  logging.info("%s %s rep %d: %.2f steps/s (other processes %.2f cores)",
+               record["workload"], record["variant"], record["rep"],
+               record["steps_per_sec"], record["other_cores"] or 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -189,6 +208,9 @@ def summarize(records, preset, data):
           "percent_of_peak": (100.0 * gflops / peak_gflops
                               if trains else None),
           "reps": len(mine),
+          "cpu_ms_per_step": float(np.median(
+              [1000 * r["own_cores"] * r["seconds"] / r["steps"]
+               for r in mine if r["own_cores"] is not None] or [np.nan])),
           "max_other_cores": max(other) if other else None,
           "noisy_reps": sum(1 for r in mine if r["noisy"]),
           "per_rep": [round(r["steps_per_sec"], 3) for r in mine],
@@ -215,14 +237,16 @@ def _fmt(value, digits=1):
 
 def format_tables(summary):
   lines = ["| workload | variant | steps/s | sequences/s | positions/s | "
-           "GFLOP/s | % of peak | other CPU (max cores) | noisy reps |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "GFLOP/s | % of peak | CPU ms/step | other CPU (max cores) | "
+           "noisy reps |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for row in summary["rows"]:
-    lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %d/%d |" % (
+    lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d/%d |" % (
         row["workload"], row["variant"], _fmt(row["steps_per_sec"], 2),
         _fmt(row["sequences_per_sec"]), _fmt(row["positions_per_sec"]),
         _fmt(row["gflops_per_sec"]), _fmt(row["percent_of_peak"]),
-        _fmt(row["max_other_cores"], 2), row["noisy_reps"], row["reps"]))
+        _fmt(row["cpu_ms_per_step"], 2), _fmt(row["max_other_cores"], 2),
+        row["noisy_reps"], row["reps"]))
   lines.append("")
   lines.append("matmul peak (%dx%d float32, default threads, same run): "
                "%.1f GFLOP/s (best window; median %.1f)" % (
@@ -262,6 +286,9 @@ def run(preset_name, workload_names, reps, steps_scale=1.0, work_dir=None):
     raise ValueError("unknown workloads %s, expected some of %s" %
                      (unknown, workloads.WORKLOADS))
   preset = workloads.PRESETS[preset_name]
+  # Before any other session: the Estimator's global inter-op pool.
+  pipeline.pin_global_thread_pools(pipeline.EstimatorTraining(
+      workload_names[0], preset, None, None).session_config())
   temporary = work_dir is None
   work_dir = work_dir or tempfile.mkdtemp(prefix="peterrec_bench_")
   started = time.time()

@@ -40,19 +40,21 @@ class Preset:
   num_sequences: int = 20000     # pretraining sequences written
   num_finetune_users: int = 20000
   # Timed steps per repetition: (a) feed_dict, (b) Estimator, (c) input only.
-  pretrain_steps: tuple = (100, 300, 3000)
-  finetune_steps: tuple = (8, 24, 1000)
-  pretrain_warmup: int = 30
-  finetune_warmup: int = 4
+  pretrain_steps: tuple = (100, 400, 3000)
+  finetune_steps: tuple = (10, 40, 1000)
+  # Untimed steps first: the first ~10 steps of a session are slow (kernel
+  # set-up, allocator, input pipeline start).
+  pretrain_warmup: int = 50
+  finetune_warmup: int = 15
 
 
 PRESETS = {
     # The sizes of issue 7 (and of the original demo code).
     "demo": Preset("demo"),
     # The paper's width: 256 channels; fewer, longer steps.
-    "paper": Preset("paper", channels=256, pretrain_steps=(30, 90, 3000),
-                    finetune_steps=(2, 6, 1000), pretrain_warmup=10,
-                    finetune_warmup=2),
+    "paper": Preset("paper", channels=256, pretrain_steps=(30, 100, 3000),
+                    finetune_steps=(2, 8, 1000), pretrain_warmup=20,
+                    finetune_warmup=5),
     # A few seconds per workload: for the smoke test only.
     "smoke": Preset("smoke", channels=16, dilations=[1, 2], num_items=300,
                     seq_length=8, num_sampled=50, pretrain_batch=8,
