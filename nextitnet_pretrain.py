@@ -676,6 +676,10 @@ def run(settings):
   if do_train:
     hooks = [ProgressHook(TRAIN_LOSS_NAME + ":0", hp["batch_size"],
                           s["log_step_count_steps"], model_dir)]
+    if (cluster_task is not None and cluster_task[0] == "chief" and
+        cluster_task[2].get("worker") and s.get("chief_waits_for_workers_secs")):
+      hooks.append(training_utils.WaitForWorkersHook(
+          s["chief_waits_for_workers_secs"]))
     start = time.time()
     if do_eval:
       train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=train_steps,
@@ -832,6 +836,11 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_integer("intra_op_threads", 1,
                        "Session intra-op threads (PERF_NOTES: 1 is best on 2 "
                        "cores).", **fv)
+  flags.DEFINE_integer("chief_waits_for_workers_secs", 0,
+                       "Under TF_CONFIG with workers: the chief waits up to "
+                       "this long for a worker's first step before its own "
+                       "(short runs otherwise finish on the chief alone).",
+                       **fv)
   flags.DEFINE_integer("inter_op_threads", 2, "Session inter-op threads.", **fv)
 
 
@@ -844,7 +853,7 @@ SETTING_FLAGS = (
     "conv_implementation", "seed", "deterministic", "save_checkpoints_steps",
     "keep_checkpoint_max", "save_summary_steps", "log_step_count_steps",
     "eval_throttle_secs", "shuffle_buffer", "intra_op_threads",
-    "inter_op_threads")
+    "inter_op_threads", "chief_waits_for_workers_secs")
 
 
 def default_settings(**overrides):

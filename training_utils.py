@@ -6,7 +6,9 @@ scripts' `main` does).
 import json
 import os
 import tempfile
+import time
 
+from absl import logging
 import tensorflow as tf
 
 
@@ -226,6 +228,37 @@ def distributed_device_filters(environ=None):
   if task_type == "ps":
     return ["/job:ps", "/job:worker", "/job:chief", "/job:master"]
   return None
+
+
+class WaitForWorkersHook(tf.estimator.SessionRunHook):
+  """Makes the chief wait, before its first step, for a worker's first step.
+
+  In asynchronous parameter-server training the Estimator starts worker i
+  5 * (i + 1) s after the chief, so on a short run the chief can reach
+  `max_steps` alone. This hook polls the shared `global_step` after the
+  chief's session is created (variables initialized) and returns once another
+  task has moved it, or after `timeout_secs` with a warning.
+  """
+
+  def __init__(self, timeout_secs, poll_secs=0.1):
+    self._timeout_secs = float(timeout_secs)
+    self._poll_secs = float(poll_secs)
+
+  def begin(self):
+    self._global_step = tf.compat.v1.train.get_global_step()
+
+  def after_create_session(self, session, coord):
+    del coord
+    start_step = int(session.run(self._global_step))
+    started = time.time()
+    while time.time() - started < self._timeout_secs:
+      if int(session.run(self._global_step)) > start_step:
+        logging.info("a worker has started training (after %.1f s); the "
+                     "chief starts too", time.time() - started)
+        return
+      time.sleep(self._poll_secs)
+    logging.warning("no worker stepped within %.0f s; the chief trains alone",
+                    self._timeout_secs)
 
 
 def staging_dir(final_dir):

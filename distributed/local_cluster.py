@@ -21,7 +21,9 @@ default when `unshare` works) the whole cluster runs in a private network
 namespace whose only interface is the loopback. The launcher waits for
 chief, workers and evaluator (bounded by --timeout), then always stops
 every task it started (the ps tasks never exit by themselves), and checks
-the final checkpoint's global_step and metrics.json. Each task's output is
+the final checkpoint's global_step and metrics.json. The chief waits for a
+worker's first step before its own (the Estimator starts workers 5 s late),
+so every training task takes part even in a short run. Each task's output is
 in model_dir/cluster_logs/.
 """
 import json
@@ -93,7 +95,8 @@ def _stop(process, grace_secs=5.0):
 
 
 def run_cluster(data_dir, model_dir, train_steps, num_workers=1, num_ps=1,
-                extra_args=(), timeout=600, python=sys.executable):
+                extra_args=(), timeout=600, python=sys.executable,
+                chief_waits_secs=60):
   """Launches the cluster, waits, stops every task. Returns a summary dict.
 
   Raises:
@@ -105,7 +108,9 @@ def run_cluster(data_dir, model_dir, train_steps, num_workers=1, num_ps=1,
   os.makedirs(log_dir, exist_ok=True)
   command = [python, SCRIPT, "--data_dir=" + data_dir,
              "--model_dir=" + model_dir, "--train_steps=%d" % train_steps,
-             "--do_eval=true"] + list(extra_args)
+             "--do_eval=true",
+             "--chief_waits_for_workers_secs=%d" % chief_waits_secs
+             ] + list(extra_args)
   processes = {}
   logs = []
   start = time.time()
@@ -193,6 +198,10 @@ def define_flags():
   flags.DEFINE_integer("train_steps", 300, "Total global steps.")
   flags.DEFINE_integer("num_workers", 1, "Workers besides the chief.")
   flags.DEFINE_integer("num_ps", 1, "Parameter servers.")
+  flags.DEFINE_integer("chief_waits_for_workers_secs", 60,
+                       "The chief starts training only after a worker's "
+                       "first step (or this many seconds), so that every "
+                       "worker takes part even in short runs.")
   flags.DEFINE_integer("timeout", 600, "Seconds before every task is stopped "
                        "and the run fails.")
   flags.DEFINE_enum("isolate_network", "auto", ["auto", "true", "false"],
@@ -215,7 +224,8 @@ def main(argv):
   try:
     summary = run_cluster(f.data_dir, f.model_dir, f.train_steps,
                           f.num_workers, f.num_ps, extra_args=argv[1:],
-                          timeout=f.timeout)
+                          timeout=f.timeout,
+                          chief_waits_secs=f.chief_waits_for_workers_secs)
   except RuntimeError as e:
     sys.exit("error: %s" % e)
   summary["private_network"] = os.environ.get(INSIDE_NAMESPACE_ENV) == "1"

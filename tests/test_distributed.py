@@ -63,15 +63,14 @@ def run_launcher(args, marker, timeout):
 def test_cluster_trains_checkpoints_and_evaluates(tmp_path):
   data_dir = test_reliability.pretrain_data(str(tmp_path))
   model_dir = str(tmp_path / "cluster_model")
-  # Enough steps that the worker, which the Estimator starts 5 s late
-  # (and which waits for the chief to initialize the variables), joins
-  # before the chief reaches the total alone.
-  steps = 500
+  # The Estimator starts the worker 5 s late; the launcher makes the chief
+  # wait for the worker's first step, so both train however fast the chief.
+  steps = 300
   code, output = run_launcher(
       ["--data_dir=" + data_dir, "--model_dir=" + model_dir,
        "--train_steps=%d" % steps, "--num_workers=1", "--num_ps=1",
        "--timeout=150", "--", "--channels=8", "--dilations=1,2",
-       "--batch_size=8", "--save_checkpoints_steps=250",
+       "--batch_size=8", "--save_checkpoints_steps=150",
        "--eval_throttle_secs=1", "--log_step_count_steps=50"],
       model_dir, timeout=170)
   assert code == 0, output[-4000:]
@@ -98,6 +97,8 @@ def test_cluster_trains_checkpoints_and_evaluates(tmp_path):
     assert "loss = " in text, text[-2000:]
   with open(os.path.join(logs, "worker_0.log")) as f:
     assert "'_task_type': 'worker'" in f.read()
+  with open(os.path.join(logs, "chief_0.log")) as f:
+    assert "a worker has started training" in f.read()
 
 
 def test_failing_cluster_is_stopped_and_reported(tmp_path):
