@@ -27,7 +27,6 @@ os.environ.setdefault("TF_OVERRIDE_GLOBAL_THREADPOOL", "1")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import collections
 import contextlib
-import functools
 import gc
 import json
 import shutil
@@ -48,25 +47,23 @@ from benchmarks import pipeline
 from benchmarks import workloads
 from ops import heads
 from ops import layers
+from ops import modeling
 from ops import networks
 
 FLAGS = flags.FLAGS
 
-# name -> (description, settings). Settings: model config fields, "softmax"
-# ("tf" or "split"), "strided_conv" (the matmul conv as first written, with
-# strided slices of a padded copy), "threads" (intra, inter), "jit".
-ORIGINAL_GRAPH = dict(conv_implementation="atrous",
-                      layer_norm_implementation="moments",
-                      embedding_gradients="sparse", softmax="tf", towers=1)
-CURRENT = dict(conv_implementation="matmul",
-               layer_norm_implementation="analytic",
-               embedding_gradients="dense", softmax="split", towers=0)
+# name -> (description, settings). Settings: ModelConfig execution fields,
+# "stacked_conv" (the matmul conv as first written: one product over the k
+# stacked shifted copies), "threads" (intra, inter), "jit".
+ORIGINAL_GRAPH = dict(modeling.ORIGINAL_EXECUTION)
+CURRENT = {name: getattr(modeling.ModelConfig(item_size=2), name)
+           for name in modeling.ModelConfig.EXECUTION_FIELDS}
 # Steps 3-7 use the first matmul formulations (one product over the k
 # stacked shifted copies, batch-major), kept in this file.
 _STEP3 = dict(ORIGINAL_GRAPH, stacked_conv="strided")
 _STEP4 = dict(ORIGINAL_GRAPH, stacked_conv="pad_slice")
 _STEP5 = dict(_STEP4, layer_norm_implementation="analytic")
-_STEP6 = dict(_STEP5, softmax="split")
+_STEP6 = dict(_STEP5, softmax_implementation="split")
 _STEP7 = dict(_STEP6, embedding_gradients="dense")
 _STEP8 = dict(CURRENT, towers=1)
 VARIANTS = collections.OrderedDict([
@@ -187,29 +184,26 @@ def _stacked_conv1d(views):
 
 @contextlib.contextmanager
 def _patched(settings):
-  """Selects the formulations that are not ModelConfig fields.
+  """Selects the stacked convolutions, which are not in `ops/` any more.
 
-  The stacked convolutions run with ModelConfig.conv_implementation "conv2d"
-  (so that the backbone stays batch-major) and layers.conv1d replaced.
+  They run with ModelConfig.conv_implementation "conv2d" (so that the
+  backbone stays batch-major) and layers.conv1d replaced.
   """
-  saved = (layers.conv1d, heads.sampled_softmax_loss)
+  saved = layers.conv1d
   if settings.get("stacked_conv"):
     layers.conv1d = _stacked_conv1d(settings["stacked_conv"])
-  heads.sampled_softmax_loss = functools.partial(
-      saved[1], implementation=settings.get("softmax", "split"))
   try:
     yield
   finally:
-    layers.conv1d, heads.sampled_softmax_loss = saved
+    layers.conv1d = saved
 
 
 class RawSession(object):
   """A tf.data-fed training step of `workload` in a plain session."""
 
   def __init__(self, workload, preset, data, settings):
-    config_fields = {k: settings[k] for k in (
-        "conv_implementation", "layer_norm_implementation",
-        "embedding_gradients", "towers")}
+    config_fields = {k: settings[k]
+                     for k in modeling.ModelConfig.EXECUTION_FIELDS}
     if settings.get("stacked_conv"):
       config_fields["conv_implementation"] = "conv2d"  # see _patched
     self._graph = tf.Graph()

@@ -4,11 +4,13 @@ What the original scripts do, ported: the whole training split is held in a
 numpy array, each step slices the next batch, draws what is random in Python
 (GRec's masked positions, PeterRec's negative targets) and calls
 `sess.run([train_op, loss], feed_dict=...)` in a default `tf.compat.v1.Session`
-(default thread settings), with `tf.nn.atrous_conv2d` as the convolution
-(`conv_implementation="atrous"`). Same sizes and variables as the Estimator
-pipeline: the graph is built by the same `ops.networks` functions, and the
-fine-tuning optimizer trains the same variables as
-`peterrec_finetune.trainable_variables_for`.
+(default thread settings), over the original's formulation of the graph
+(`modeling.ORIGINAL_EXECUTION`: `tf.nn.atrous_conv2d`, layer norm through
+`tf.nn.moments`, sparse embedding gradients,
+`tf.nn.sampled_softmax_loss`, one chain of ops). Same sizes, math and
+variables as the Estimator pipeline: the graph is built by the same
+`ops.networks` functions, and the fine-tuning optimizer trains the same
+variables as `peterrec_finetune.trainable_variables_for`.
 
 Choices that make this baseline *faster* than the original, so that the
 ratios are not flattered: only [train_op, loss] is fetched (no argmax
@@ -20,6 +22,7 @@ import tensorflow as tf
 
 import peterrec_finetune
 from ops import heads
+from ops import modeling
 from ops import networks
 from benchmarks import pipeline
 from benchmarks import workloads
@@ -126,7 +129,7 @@ def pretrain_loop(preset, metadata, encoder, seed=1):
   batches = _Batches(len(train), preset.pretrain_batch, rng)
   causal = encoder == "nextitnet"
   config = workloads.model_config(preset, causal).replace(
-      conv_implementation="atrous")
+      **modeling.ORIGINAL_EXECUTION)
   num_sampled = workloads.default_num_sampled(preset)
   graph = tf.Graph()
   with graph.as_default():
@@ -170,7 +173,7 @@ def finetune_loop(preset, metadata, insertion, seed=1):
   batches = _Batches(len(rows), preset.finetune_batch, rng)
   target_size = metadata["target_vocab_size"]
   config = workloads.model_config(preset, True).replace(
-      conv_implementation="atrous")
+      **modeling.ORIGINAL_EXECUTION)
   graph = tf.Graph()
   with graph.as_default():
     itemseq = tf.compat.v1.placeholder(tf.int32, [None, None], "input")

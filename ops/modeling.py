@@ -37,11 +37,13 @@ class ModelConfig:
   # Row-parallel towers per step (see `num_towers`): 0 = one per CPU core,
   # 1 = the original single chain of ops. Values only, not the math.
   towers: int = 0
+  # see ops.heads.SAMPLED_SOFTMAX_IMPLEMENTATIONS; "tf" is the original
+  softmax_implementation: str = "split"
 
   # Fields that choose how the graph computes, not what it computes or which
   # variables it has: a checkpoint restores whatever their values.
   EXECUTION_FIELDS = ("conv_implementation", "layer_norm_implementation",
-                      "embedding_gradients", "towers")
+                      "embedding_gradients", "towers", "softmax_implementation")
 
   @property
   def hidden_size(self):
@@ -69,6 +71,14 @@ class ModelConfig:
 
   def replace(self, **changes):
     return dataclasses.replace(self, **changes)
+
+
+# The execution fields of the original TF 1.7 graph (`config.replace(
+# **ORIGINAL_EXECUTION)`): the reference that benchmarks/ compares against.
+ORIGINAL_EXECUTION = dict(conv_implementation="atrous",
+                          layer_norm_implementation="moments",
+                          embedding_gradients="sparse", towers=1,
+                          softmax_implementation="tf")
 
 
 def item_embedding_table(item_size, channels, name="allitem_embeddings"):

@@ -70,6 +70,7 @@ def item_loss(vectors, labels, config, output_layer, num_sampled, seed=None):
         min_rows=MIN_HEAD_TOWER_ROWS)
     return heads.sampled_softmax_loss(
         vectors, labels, softmax_w, softmax_b, num_sampled, seed=seed,
+        implementation=config.softmax_implementation,
         embedding_gradients=config.embedding_gradients, towers=towers)
   return heads.full_softmax_loss(item_logits(vectors, config, None), labels)
 

@@ -163,14 +163,14 @@ def test_model_config_defaults_are_the_fast_paths_and_round_trip():
   assert modeling.ModelConfig.from_dict(config.to_dict()) == config
   # A model_config.json written before these fields existed still loads.
   old = config.to_dict()
-  for name in ("layer_norm_implementation", "embedding_gradients", "towers"):
+  for name in ("layer_norm_implementation", "embedding_gradients", "towers",
+               "softmax_implementation"):
     del old[name]
   assert modeling.ModelConfig.from_dict(old) == config
   # Execution fields are fields, and only they differ between these configs.
   assert set(modeling.ModelConfig.EXECUTION_FIELDS) <= set(config.to_dict())
-  original = config.replace(conv_implementation="atrous",
-                            layer_norm_implementation="moments",
-                            embedding_gradients="sparse", towers=1)
+  original = config.replace(**modeling.ORIGINAL_EXECUTION)
+  assert original.softmax_implementation == "tf"
   assert {k for k, v in original.to_dict().items()
           if v != config.to_dict()[k]} == set(
               modeling.ModelConfig.EXECUTION_FIELDS)
