@@ -943,6 +943,14 @@ def run(options):
     raise ValueError("unknown options %s" % unknown)
   f = collections.namedtuple("Options", sorted(options))(**options)
   # Fail fast, before reading data or building graphs.
+  cluster_task = training_utils.tf_config_task()
+  if cluster_task is not None and f.do_train:
+    # Estimator.train under TF_CONFIG would wait for a cluster that nothing
+    # here starts; only nextitnet_pretrain.py runs train_and_evaluate.
+    raise CompatibilityError(
+        "TF_CONFIG is set (%s task %d), but fine-tuning trains in one process "
+        "(the backbone is frozen: a step costs a few percent of pretraining); "
+        "unset TF_CONFIG" % cluster_task[:2])
   training_utils.check_writable_dir(f.output_dir, "--output_dir")
   if f.deterministic:
     training_utils.enable_determinism()

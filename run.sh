@@ -2,6 +2,7 @@
 # One entry point for users and CI.
 #   bash run.sh demo   create .venv (first time), then run the built-in demo
 #   bash run.sh test   create .venv (first time), then run the test suite
+#   bash run.sh bench  create .venv (first time), then benchmarks/throughput.py
 # Extra arguments after the command are passed on (to the demo script or pytest).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,8 +39,12 @@ case "$cmd" in
     ensure_venv
     exec "$VENV/bin/python" -m pytest -q --durations=15 tests "$@"
     ;;
+  bench)
+    ensure_venv
+    exec "$VENV/bin/python" -m benchmarks.throughput "$@"
+    ;;
   *)
-    echo "usage: bash run.sh demo|test [args...]" >&2
+    echo "usage: bash run.sh demo|test|bench [args...]" >&2
     exit 2
     ;;
 esac

@@ -198,7 +198,30 @@ def _patched(settings):
     layers.conv1d = saved
 
 
-class RawSession(object):
+class _SessionSteps(object):
+  """Training steps of a finished graph: `_session` and `_fetches`."""
+
+  def run_steps(self, num_steps):
+    for _ in range(num_steps):
+      self._session.run(self._fetches)
+
+  def trace_steps(self, num_steps):
+    """Runs `num_steps` traced steps; returns their RunMetadata protos."""
+    options = tf.compat.v1.RunOptions(
+        trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+    traces = []
+    for _ in range(num_steps):
+      metadata = tf.compat.v1.RunMetadata()
+      self._session.run(self._fetches, options=options,
+                        run_metadata=metadata)
+      traces.append(metadata)
+    return traces
+
+  def close(self):
+    self._session.close()
+
+
+class RawSession(_SessionSteps):
   """A tf.data-fed training step of `workload` in a plain session."""
 
   def __init__(self, workload, preset, data, settings):
@@ -264,15 +287,8 @@ class RawSession(object):
                                          config=session_config)
     self._session.run(init)
 
-  def run_steps(self, num_steps):
-    for _ in range(num_steps):
-      self._session.run(self._fetches)
 
-  def close(self):
-    self._session.close()
-
-
-class ScriptSession(object):
+class ScriptSession(_SessionSteps):
   """The scripts' model_fn (TRAIN) and input_fn, run in a plain session."""
 
   def __init__(self, estimator_training):
@@ -291,13 +307,6 @@ class ScriptSession(object):
         graph=self._graph,
         config=pipeline.own_pools(estimator_training.session_config()))
     self._session.run(init)
-
-  def run_steps(self, num_steps):
-    for _ in range(num_steps):
-      self._session.run(self._fetches)
-
-  def close(self):
-    self._session.close()
 
 
 def build_variant(name, workload, preset, data, work_dir):

@@ -5,8 +5,10 @@ parallel fine-tuning) on generated data of a preset's size, one run times,
 interleaved and after warm-up, several repetitions of:
 
   (a) feed_dict  the original's way: numpy batches (and numpy negatives /
-                 masks) fed every step to the same graph built by `ops/` with
-                 `atrous_conv2d`, default session (benchmarks/feed_dict_baseline.py);
+                 masks) fed every step, default session, to the model built
+                 by `ops/` in the original's formulation
+                 (`modeling.ORIGINAL_EXECUTION`: `atrous_conv2d`, moments
+                 layer norm, ...; benchmarks/feed_dict_baseline.py);
   (b) estimator  what users run: the scripts' `model_fn_builder`, input_fn
                  and Estimator settings over TFRecords (benchmarks/pipeline.py);
   (c) input      the same input_fn alone, no model;
@@ -17,7 +19,7 @@ analytic count of the model's matrix products, benchmarks/flops.py), the
 ratios b/a, b/peak and c/b, and how much CPU other processes used during
 the windows (a window where they used more than 5% of a core is flagged).
 
-  .venv/bin/python -m benchmarks.throughput                 # demo size, ~5 min
+  .venv/bin/python -m benchmarks.throughput                 # demo size, ~4 min
   .venv/bin/python -m benchmarks.throughput --preset=paper  # 256 channels
   .venv/bin/python -m benchmarks.throughput --workloads=pretrain_nextitnet \
       --reps=5 --json_output=/tmp/throughput.json

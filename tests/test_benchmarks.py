@@ -148,3 +148,23 @@ def test_ablation_smoke_prints_each_variant(tmp_path):
   with open(str(tmp_path / "ablation.json")) as f:
     records = json.load(f)
   assert records
+
+
+def test_profile_step_accounts_for_the_step_by_category(tmp_path):
+  stdout = _run_module(
+      "benchmarks.profile_step",
+      ["--preset=smoke", "--workload=finetune_serial",
+       "--variants=original_graph", "--warmup=2", "--steps=2"], tmp_path)
+  lines = stdout.splitlines()
+  start = lines.index("| category | ms/step | share |") + 2
+  rows = {}
+  for line in lines[start:]:
+    if not line.startswith("| "):
+      break
+    name, _, share = [cell.strip() for cell in line.strip("|").split("|")]
+    rows[name] = float(share.rstrip("%"))
+  # The original graph's dilated convolutions run through space-to-batch.
+  assert rows["conv / space-to-batch"] > 0
+  assert rows["optimizer"] > 0
+  assert sum(rows.values()) == pytest.approx(100, abs=len(rows))
+

@@ -339,3 +339,17 @@ def test_unwritable_model_dir_fails_fast_with_the_path(tmp_path):
           in result.stdout), result.stdout[-2000:]
   print("two refusals in %.1f s (mostly importing TensorFlow)" %
         (time.time() - start))
+
+
+def test_finetune_refuses_tf_config_before_anything(tmp_path, monkeypatch):
+  monkeypatch.setenv("TF_CONFIG", json.dumps({
+      "cluster": {"chief": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]},
+      "task": {"type": "chief", "index": 0}}))
+  output_dir = tmp_path / "out"
+  options = dict(ft.default_options(), data_dir=str(tmp_path / "missing"),
+                 output_dir=str(output_dir))
+  with pytest.raises(ft.CompatibilityError,
+                     match=r"TF_CONFIG is set \(chief task 0\), but "
+                     "fine-tuning trains in one process"):
+    ft.run(options)
+  assert not output_dir.exists()
