@@ -395,8 +395,7 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
 
     if mode == tf.estimator.ModeKeys.TRAIN:
       optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate, beta1=beta1)
-      train_op = optimizer.minimize(
-          loss, global_step=tf.compat.v1.train.get_or_create_global_step())
+      train_op = training_utils.minimize_and_count_step(optimizer, loss)
       return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
     if mode == tf.estimator.ModeKeys.EVAL:

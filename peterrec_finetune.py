@@ -409,9 +409,8 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
     if mode == tf.estimator.ModeKeys.TRAIN:
       optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate, beta1=beta1)
       # Only the method's variables: the frozen ones stay bit-identical.
-      train_op = optimizer.minimize(
-          total_loss, var_list=trained,
-          global_step=tf.compat.v1.train.get_or_create_global_step())
+      train_op = training_utils.minimize_and_count_step(
+          optimizer, total_loss, var_list=trained)
       return tf.estimator.EstimatorSpec(mode, loss=total_loss,
                                         train_op=train_op)
 

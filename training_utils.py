@@ -230,6 +230,27 @@ def distributed_device_filters(environ=None):
   return None
 
 
+# tensorflow/python/training/training_util.py: the collection of the step
+# tensor that the Estimator's hooks fetch.
+GLOBAL_STEP_READ_KEY = "global_step_read_op_cache"
+
+
+def minimize_and_count_step(optimizer, loss, var_list=None):
+  """`optimizer.minimize(loss)`, then `global_step += 1`: the train op.
+
+  The same update as `minimize(loss, global_step=...)`, except that the
+  increment also waits for the step value the Estimator's hooks fetch in the
+  same `session.run` (summaries, step logging, checkpoint cadence). Without
+  that order the hooks read the step before or after the increment at
+  random, and two identical runs label their summaries with different steps.
+  """
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  update = optimizer.minimize(loss, var_list=var_list)
+  step_reads = tf.compat.v1.get_collection(GLOBAL_STEP_READ_KEY)
+  with tf.control_dependencies([update] + step_reads):
+    return tf.compat.v1.assign_add(global_step, 1).op
+
+
 class WaitForWorkersHook(tf.estimator.SessionRunHook):
   """Makes the chief wait, before its first step, for a worker's first step.
 

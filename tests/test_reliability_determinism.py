@@ -89,3 +89,37 @@ def test_finetune_deterministic_twice(tmp_path):
 
   first, second = _run_twice(tmp_path, command)
   assert_identical_runs(first, second, ft.METRICS_FILE)
+
+
+def test_hooks_always_read_the_step_before_the_increment():
+  """The step the Estimator's hooks fetch is the one before the update.
+
+  Summaries are labelled with it; if the read raced the increment, two
+  identical runs would write their summaries at different steps.
+  """
+  # The Estimator creates this read tensor; the hooks fetch it.
+  from tensorflow.python.training import training_util  # pylint: disable=g-import-not-at-top
+  import training_utils  # pylint: disable=g-import-not-at-top
+  with tf.Graph().as_default():
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    step_read = training_util._get_or_create_global_step_read()  # pylint: disable=protected-access
+    assert tf.compat.v1.get_collection(
+        training_utils.GLOBAL_STEP_READ_KEY) == [step_read]
+    weight = tf.compat.v1.get_variable("w", [64, 64])
+    loss = tf.reduce_sum(tf.matmul(weight, weight))
+    train_op = training_utils.minimize_and_count_step(
+        tf.compat.v1.train.AdamOptimizer(0.01), loss)
+    # Ordered by the graph, not by luck: the read is an ancestor of the op.
+    ancestors, stack = set(), [train_op]
+    while stack:
+      op = stack.pop()
+      for parent in [t.op for t in op.inputs] + list(op.control_inputs):
+        if parent not in ancestors:
+          ancestors.add(parent)
+          stack.append(parent)
+    assert step_read.op in ancestors
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      seen = [session.run([train_op, step_read])[1] for _ in range(200)]
+      assert seen == list(range(200))
+      assert session.run(global_step) == 200
