@@ -40,12 +40,10 @@ import tensorflow as tf
 
 import data_loader
 import nextitnet_pretrain
-import peterrec_finetune
 from benchmarks import cpu_monitor
 from benchmarks import feed_dict_baseline
 from benchmarks import pipeline
 from benchmarks import workloads
-from ops import heads
 from ops import layers
 from ops import modeling
 from ops import networks
@@ -261,16 +259,10 @@ class RawSession(_SessionSteps):
             seed=1)
         features = tf.compat.v1.data.make_one_shot_iterator(
             input_fn({})).get_next()
-        user, table = peterrec_finetune.build_finetune_model(
-            features["rows"][:, :-1], config, "peterrec",
-            workload[len("finetune_"):], 1, meta["target_vocab_size"])
-        loss = heads.bce_loss(
-            heads.target_logits(user, table, features["target"]),
-            heads.target_logits(user, table, features["negatives"][:, 0]))
-        loss += heads.regularization_loss()
-        var_list = peterrec_finetune.trainable_variables_for(
-            "peterrec", tf.compat.v1.trainable_variables(),
-            len(config.dilations))
+        loss, var_list = workloads.finetune_loss(
+            features["rows"][:, :-1], features["target"],
+            features["negatives"][:, 0], config, workload[len("finetune_"):],
+            meta["target_vocab_size"])
       train_op = tf.compat.v1.train.AdamOptimizer(0.001).minimize(
           loss, var_list=var_list)
       self._fetches = [train_op, loss]

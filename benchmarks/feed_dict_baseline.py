@@ -20,8 +20,6 @@ uses numpy draws per sequence rather than `random.shuffle` of Python lists.
 import numpy as np
 import tensorflow as tf
 
-import peterrec_finetune
-from ops import heads
 from ops import modeling
 from ops import networks
 from benchmarks import pipeline
@@ -178,14 +176,9 @@ def finetune_loop(preset, metadata, insertion, seed=1):
   with graph.as_default():
     itemseq = tf.compat.v1.placeholder(tf.int32, [None, None], "input")
     negatives = tf.compat.v1.placeholder(tf.int32, [None], "neg")
-    context, target = itemseq[:, :-1], itemseq[:, -1]
-    user, _ = networks.peterrec_user_vectors(context, config, insertion)
-    table = heads.target_embedding_table(target_size, config.hidden_size)
-    loss = heads.bce_loss(heads.target_logits(user, table, target),
-                          heads.target_logits(user, table, negatives))
-    loss += heads.regularization_loss()
-    trained = peterrec_finetune.trainable_variables_for(
-        "peterrec", tf.compat.v1.trainable_variables(), len(config.dilations))
+    loss, trained = workloads.finetune_loss(
+        itemseq[:, :-1], itemseq[:, -1], negatives, config, insertion,
+        target_size)
     train_op = tf.compat.v1.train.AdamOptimizer(0.001, beta1=0.9).minimize(
         loss, var_list=trained)
 

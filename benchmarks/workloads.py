@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import data_loader
+import peterrec_finetune
 from ops import heads
 from ops import masking
 from ops import modeling
@@ -150,3 +151,23 @@ def write_backbone_checkpoint(preset, causal, directory):
 
 def default_num_sampled(preset):
   return min(preset.num_sampled, heads.default_num_sampled(preset.num_items))
+
+
+def finetune_loss(context, target, negative, config, insertion,
+                  target_vocab_size):
+  """PeterRec's BCE fine-tuning loss and the variables it trains.
+
+  Args:
+    context: int32 [B, L] (rows[:, :-1]); target, negative: int32 [B].
+
+  Returns:
+    (float32 scalar loss incl. the target table's L2 term, var_list).
+  """
+  user, table = peterrec_finetune.build_finetune_model(
+      context, config, "peterrec", insertion, 1, target_vocab_size)
+  loss = heads.bce_loss(heads.target_logits(user, table, target),
+                        heads.target_logits(user, table, negative))
+  loss += heads.regularization_loss()
+  var_list = peterrec_finetune.trainable_variables_for(
+      "peterrec", tf.compat.v1.trainable_variables(), len(config.dilations))
+  return loss, var_list

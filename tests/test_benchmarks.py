@@ -133,11 +133,12 @@ def test_throughput_smoke_reports_consistent_figures(tmp_path):
         name, ratio["step_gflop"], ratio["b_over_a"]) in stdout
 
 
-def test_ablation_smoke_prints_each_variant(tmp_path):
+@pytest.mark.parametrize("workload", ["pretrain_nextitnet", "finetune_serial"])
+def test_ablation_smoke_prints_each_variant(tmp_path, workload):
   variants = ["feed_dict", "original_graph", "towers", "estimator"]
   stdout = _run_module(
       "benchmarks.ablation",
-      ["--preset=smoke", "--reps=1", "--workload=pretrain_nextitnet",
+      ["--preset=smoke", "--reps=1", "--workload=" + workload,
        "--variants=" + ",".join(variants), "--steps=3",
        "--json_output=" + str(tmp_path / "ablation.json")], tmp_path)
   table_rows = [line for line in stdout.splitlines()
