@@ -18,6 +18,14 @@ from ops import networks
 from tests import test_ops_golden
 
 
+def _initialize(sess, variables, initial=None):
+  """Runs the initializers, then loads `initial` {name: value} if given."""
+  sess.run(tf.compat.v1.global_variables_initializer())
+  if initial is not None:
+    for variable in variables:
+      variable.load(initial[variable.op.name], sess)
+
+
 def _run(fetches):
   with tf.compat.v1.Session() as sess:
     sess.run(tf.compat.v1.global_variables_initializer())
@@ -293,10 +301,7 @@ def _adam_steps(embedding_gradients, initial=None, steps=3):
     op_types = {op.type for op in graph.get_operations()}
     variables = tf.compat.v1.global_variables()
     with tf.compat.v1.Session() as sess:
-      sess.run(tf.compat.v1.global_variables_initializer())
-      if initial is not None:
-        for variable in variables:
-          variable.load(initial[variable.op.name], sess)
+      _initialize(sess, variables, initial)
       start = {v.op.name: sess.run(v) for v in variables}
       for batch in batches:
         sess.run(train_op, {itemseq: batch})
@@ -350,10 +355,7 @@ def _network_outputs(config, itemseq, initial=None, patch=None):
     variables = tf.compat.v1.global_variables()
     grads = tf.gradients(loss, variables)
     with tf.compat.v1.Session() as sess:
-      sess.run(tf.compat.v1.global_variables_initializer())
-      if initial is not None:
-        for variable in variables:
-          variable.load(initial[variable.op.name], sess)
+      _initialize(sess, variables, initial)
       values = {v.op.name: sess.run(v) for v in variables}
       results = sess.run({"loss": loss, "hidden": hidden,
                           "grads": {v.op.name: tf.convert_to_tensor(g)

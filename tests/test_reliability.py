@@ -325,18 +325,14 @@ def test_unwritable_model_dir_fails_fast_with_the_path(tmp_path):
   model_dir = str(blocker / "model")
   start = time.time()
   # --data_dir does not exist either: the model_dir is checked first.
-  result = run_command([sys.executable, PRETRAIN_SCRIPT,
-                        "--data_dir=" + str(tmp_path / "missing"),
-                        "--model_dir=" + model_dir])
-  assert result.returncode != 0
-  assert ("error: --model_dir %s is not a writable directory" % model_dir
-          in result.stdout), result.stdout[-2000:]
-  result = run_command([sys.executable, FINETUNE_SCRIPT,
-                        "--data_dir=" + str(tmp_path / "missing"),
-                        "--output_dir=" + model_dir])
-  assert result.returncode != 0
-  assert ("error: --output_dir %s is not a writable directory" % model_dir
-          in result.stdout), result.stdout[-2000:]
+  for script, flag in ((PRETRAIN_SCRIPT, "--model_dir"),
+                       (FINETUNE_SCRIPT, "--output_dir")):
+    result = run_command([sys.executable, script,
+                          "--data_dir=" + str(tmp_path / "missing"),
+                          "%s=%s" % (flag, model_dir)])
+    assert result.returncode != 0
+    assert ("error: %s %s is not a writable directory" % (flag, model_dir)
+            in result.stdout), result.stdout[-2000:]
   print("two refusals in %.1f s (mostly importing TensorFlow)" %
         (time.time() - start))
 
