@@ -12,8 +12,9 @@ Two halves, both following SPEC section 1:
 
 TFRecord layouts (int64 features, padded at write time):
   pretraining: `itemseq` [seq_length]
-  fine-tuning: `source` [source_length], `target` [1]   (one example per
-               (user, non-zero target) pair)
+  fine-tuning: `source` [source_length], `target` [1], `user` [1]   (one
+               example per (user, non-zero target) pair; `user` is the
+               0-based line of the user in the CSV, from format version 2)
 
 Fine-tuning rows (built in the graph from `source` and `target`):
   causal:     [source..., 0, target]      length source_length + 2
@@ -51,7 +52,8 @@ TRAIN_FILE = "train.tfrecord"
 TEST_FILE = "test.tfrecord"
 ITEM_VOCAB_FILE = "item_vocab.txt"
 TARGET_VOCAB_FILE = "target_vocab.txt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fine-tuning records carry `user`
+SPLIT_BY = ("row", "user")
 
 DEFAULT_SHUFFLE_BUFFER = 10000
 
@@ -434,20 +436,23 @@ def load_finetune_csv(path, item_vocab=None, progress_fn=None):
       num_unknown_item_types=num_unknown_types)
 
 
-def finetune_examples(source_ids, target_ids):
+def finetune_examples(source_ids, target_ids, return_users=False):
   """One example per (user, non-zero target), in line order then target order.
 
   Args:
     source_ids: int [num_users, source_length].
     target_ids: int [num_users, max_targets], 0 = padding.
+    return_users: also return the user (0-based line) of each example.
 
   Returns:
-    (sources int64 [num_examples, source_length], targets int64 [num_examples])
+    (sources int64 [num_examples, source_length], targets int64
+    [num_examples]), and users int64 [num_examples] with `return_users`.
   """
   source_ids = np.asarray(source_ids, dtype=np.int64)
   target_ids = np.asarray(target_ids, dtype=np.int64)
   users, columns = np.nonzero(target_ids)  # row-major: the original's order
-  return source_ids[users], target_ids[users, columns]
+  examples = (source_ids[users], target_ids[users, columns])
+  return examples + (users.astype(np.int64),) if return_users else examples
 
 
 def example_rows(sources, targets, causal):
@@ -520,6 +525,105 @@ def split_train_test(rows, test_fraction, seed=10):
   rows = rows[perm]
   num_test = int(test_fraction * float(len(rows)))
   return rows[:len(rows) - num_test], rows[len(rows) - num_test:]
+
+
+def split_train_test_by_user(users, test_fraction, seed=10):
+  """A user-disjoint split: a seeded permutation of the users, the last part
+  of which is test.
+
+  The users are listed in order of first appearance, permuted with
+  `RandomState(seed)` and the last `int(test_fraction * num_users)` are the
+  test users; every row of a user goes where the user goes.
+
+  Args:
+    users: int array [num_rows], the user of each row.
+    test_fraction: in [0, 1).
+    seed: permutation seed.
+
+  Returns:
+    (train_index, test_index): int64 arrays of row indices, in the order of
+    the permuted users (a user's rows in their original order).
+  """
+  if not 0.0 <= test_fraction < 1.0:
+    raise ValueError("test_fraction must be in [0, 1), got %r" %
+                     (test_fraction,))
+  users = np.asarray(users, dtype=np.int64)
+  distinct, first = np.unique(users, return_index=True)
+  distinct = distinct[np.argsort(first)]
+  perm = np.random.RandomState(seed).permutation(distinct)
+  num_test = int(test_fraction * float(len(perm)))
+  position = dict(zip(perm.tolist(), range(len(perm))))
+  order = np.array([position[u] for u in users.tolist()], dtype=np.int64)
+  rows = np.argsort(order, kind="stable")
+  is_test = order[rows] >= len(perm) - num_test
+  return rows[~is_test], rows[is_test]
+
+
+def carve_training_rows(users, validation_fraction=0.0, by="user",
+                        labelled_fraction=1.0, num_labelled_users=None,
+                        seed=10, labelled_seed=None):
+  """Which rows of a training split train and which validate.
+
+  First the validation rows are carved out (by user, or by row for the
+  original's row split), with `RandomState(seed)`; then, among the users
+  left, the labelled ones are drawn with `RandomState(labelled_seed)`:
+  `num_labelled_users` of them when given, else
+  `int(round(labelled_fraction * remaining))` (at least one). The
+  validation rows never depend on the labelled subset, so few-label runs
+  are selected on the same validation rows as full runs.
+
+  Args:
+    users: int array [num_rows], the user of each training row.
+    validation_fraction: in [0, 1): share of the users (or rows) held out.
+    by: "user" (no user in both parts) or "row".
+    labelled_fraction: in (0, 1]: share of the remaining users trained on.
+    num_labelled_users: optional int, overrides `labelled_fraction`.
+    seed: int, seed of the validation split.
+    labelled_seed: int, seed of the labelled subset (default seed + 1).
+
+  Returns:
+    (train_mask, validation_mask): bool arrays [num_rows], disjoint.
+
+  Raises:
+    ValueError: a fraction out of range, or more labelled users asked for
+      than there are.
+  """
+  if by not in SPLIT_BY:
+    raise ValueError("by must be one of %s, got %r" % (SPLIT_BY, by))
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError("validation_fraction must be in [0, 1), got %r" %
+                     (validation_fraction,))
+  if not 0.0 < labelled_fraction <= 1.0:
+    raise ValueError("labelled_fraction must be in (0, 1], got %r" %
+                     (labelled_fraction,))
+  users = np.asarray(users, dtype=np.int64)
+  num_rows = len(users)
+  rng = np.random.RandomState(seed)
+  validation = np.zeros([num_rows], dtype=bool)
+  if by == "user":
+    distinct = np.unique(users)
+    held_out = rng.permutation(distinct)[:int(validation_fraction *
+                                              len(distinct))]
+    validation[np.isin(users, held_out)] = True
+  else:
+    held_out = rng.permutation(num_rows)[:int(validation_fraction * num_rows)]
+    validation[held_out] = True
+  remaining = np.unique(users[~validation])
+  if num_labelled_users is not None:
+    if not 0 < num_labelled_users <= len(remaining):
+      raise ValueError(
+          "num_labelled_users must be in [1, %d] (the training users left "
+          "after the validation split), got %d" % (len(remaining),
+                                                   num_labelled_users))
+    count = num_labelled_users
+  else:
+    count = max(1, int(round(labelled_fraction * len(remaining))))
+  if labelled_seed is None:
+    labelled_seed = seed + 1
+  labelled = np.random.RandomState(labelled_seed).permutation(
+      remaining)[:count]
+  train = ~validation & np.isin(users, labelled)
+  return train, validation
 
 
 def generate_subsessions(rows, pad_id, min_length=5, seed=10, shuffle=True):
@@ -704,6 +808,8 @@ def load_metadata(data_dir):
           "num_train + num_test" % meta_path)
   expected = ({"itemseq": metadata["seq_length"]} if kind == PRETRAIN else
               {"source": metadata["source_length"], "target": 1})
+  if kind == FINETUNE and has_user_feature(metadata):
+    expected["user"] = 1
   for role in ("train", "test"):
     _check_first_record(paths[role], expected, meta_path)
   metadata = dict(metadata)
@@ -735,10 +841,52 @@ def resolve_input_files(input_files):
   return files
 
 
+def has_user_feature(metadata):
+  """True when a fine-tuning dataset's records carry `user` (version 2)."""
+  return metadata.get("format_version", 1) >= 2
+
+
+def read_finetune_users(input_files):
+  """The `user` feature of every record, in file order: int64 [num_rows].
+
+  Records written before format version 2 have no `user`; each row then
+  counts as its own user (the row index is returned).
+  """
+  files = resolve_input_files(input_files)
+  with tf.Graph().as_default():
+    tf.compat.v1.set_random_seed(0)  # tf.data asks for one under determinism
+    dataset = tf.data.TFRecordDataset(files).batch(65536).map(
+        lambda serialized: tf.io.parse_example(serialized, {
+            "user": tf.io.FixedLenFeature([1], tf.int64, default_value=[-1])
+        })["user"][:, 0])
+    next_batch = tf.compat.v1.data.make_one_shot_iterator(
+        dataset).get_next()
+    chunks = []
+    with tf.compat.v1.Session() as session:
+      while True:
+        try:
+          chunks.append(session.run(next_batch))
+        except tf.errors.OutOfRangeError:
+          break
+  users = (np.concatenate(chunks) if chunks else
+           np.zeros([0], dtype=np.int64))
+  if len(users) and users[0] < 0:
+    return np.arange(len(users), dtype=np.int64)
+  return users
+
+
 def _records(input_files, is_training, batch_size, drop_remainder, seed,
-             shuffle_buffer, num_epochs):
-  """Serialized examples batched: shuffle -> repeat -> batch (training)."""
+             shuffle_buffer, num_epochs, row_mask=None):
+  """Serialized examples batched: shuffle -> repeat -> batch (training).
+
+  `row_mask`, a bool array over the records of `input_files` in file order,
+  keeps only the records where it is True (before any shuffle).
+  """
   dataset = tf.data.TFRecordDataset(resolve_input_files(input_files))
+  if row_mask is not None:
+    keep = tf.constant(np.asarray(row_mask, dtype=bool))
+    dataset = dataset.enumerate().filter(
+        lambda index, _: tf.gather(keep, index)).map(lambda _, record: record)
   if is_training:
     # Shuffle within a buffer, then repeat so every epoch sees each record.
     dataset = dataset.shuffle(shuffle_buffer, seed=seed,
@@ -822,6 +970,7 @@ def finetune_input_fn_builder(input_files, source_length, causal, batch_size,
                               shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
                               num_epochs=None,
                               lambdafm_exclude_positive=False,
+                              row_mask=None,
                               num_parallel_calls=tf.data.AUTOTUNE):
   """Returns an `input_fn(params)` over fine-tuning TFRecords.
 
@@ -849,6 +998,8 @@ def finetune_input_fn_builder(input_files, source_length, causal, batch_size,
     drop_remainder: None = `is_training`.
     shuffle_buffer, num_epochs, num_parallel_calls: see the pretraining one.
     lambdafm_exclude_positive: LambdaFM only; False as the original.
+    row_mask: optional bool array over the records of `input_files`: keep
+      only these (a validation or few-label subset, `carve_training_rows`).
 
   Returns:
     input_fn(params) -> tf.data.Dataset of dicts:
@@ -895,7 +1046,7 @@ def finetune_input_fn_builder(input_files, source_length, causal, batch_size,
   def input_fn(params):
     del params  # Estimator passes its params; everything is in the closure.
     dataset = _records(input_files, is_training, batch_size, drop_remainder,
-                       seed, shuffle_buffer, num_epochs)
+                       seed, shuffle_buffer, num_epochs, row_mask)
     # One [2] stateless seed per batch, from a seeded random stream.
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     dataset = tf.data.Dataset.zip((dataset, seeds))

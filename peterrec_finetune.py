@@ -109,6 +109,7 @@ PATCH_METRICS_FILE = "metrics_task_patch.json"
 PARAMETERS_FILE = "parameters.json"
 PATCH_PARAMETERS_FILE = "parameters_task_patch.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+BEST_DIR = "best"  # the best validated checkpoint and best.json
 DETERMINISTIC_SEED = 10  # --seed / --tf_random_seed under --deterministic
 FLOAT_BYTES = 4
 
@@ -890,8 +891,9 @@ def make_estimator(model_fn, model_dir, save_checkpoints_steps=1000,
 
 
 def eval_input_fn(metadata, config, task, eval_protocol, num_eval_negatives,
-                  distinct_negatives, eval_seed, batch_size, split="test"):
-  """One seeded pass over a split, the last partial batch kept."""
+                  distinct_negatives, eval_seed, batch_size, split="test",
+                  row_mask=None):
+  """One seeded pass over a split (its `row_mask` rows), last batch kept."""
   num_negatives = 1
   if task == "recommendation" and eval_protocol == "sampled":
     num_negatives = num_eval_negatives
@@ -901,7 +903,71 @@ def eval_input_fn(metadata, config, task, eval_protocol, num_eval_negatives,
       target_vocab_size=metadata["target_vocab_size"],
       num_negatives=num_negatives, sampler="uniform",
       distinct_negatives=(distinct_negatives and num_negatives > 1),
-      seed=eval_seed)
+      seed=eval_seed, row_mask=row_mask)
+
+
+def selection_metric(task, metric, top_k):
+  """The validation metric that picks the checkpoint (None = the task's)."""
+  if metric:
+    return metric
+  return "accuracy" if task == "classification" else "hr@%d" % top_k
+
+
+def plan_training_rows(metadata, options):
+  """Which training-split rows train and which validate (see flags).
+
+  Returns:
+    dict: train_mask / validation_mask (bool arrays over the training
+    split's rows, or None for "all" / "no validation"), num_train,
+    num_validation, num_train_users, split_by.
+  """
+  f = options
+  split_by = metadata.get("split_by", "row")
+  whole = {"train_mask": None, "validation_mask": None,
+           "num_train": metadata["num_train"], "num_validation": 0,
+           "split_by": split_by, "validation_fraction": 0.0,
+           "labelled_fraction": 1.0, "num_labelled_users": None}
+  if (f.validation_fraction == 0 and f.labelled_fraction == 1.0 and
+      f.num_labelled_users is None):
+    return whole
+  users = data_loader.read_finetune_users(metadata["paths"]["train"])
+  try:
+    train, validation = data_loader.carve_training_rows(
+        users, f.validation_fraction, by=split_by,
+        labelled_fraction=f.labelled_fraction,
+        num_labelled_users=f.num_labelled_users, seed=f.split_seed,
+        labelled_seed=f.seed)
+  except ValueError as e:
+    raise CompatibilityError(str(e))
+  plan = dict(whole, train_mask=train,
+              validation_mask=validation if validation.any() else None,
+              num_train=int(train.sum()), num_validation=int(validation.sum()),
+              num_train_users=int(len(np.unique(users[train]))),
+              validation_fraction=f.validation_fraction,
+              labelled_fraction=f.labelled_fraction,
+              num_labelled_users=f.num_labelled_users)
+  logging.info("Training rows: %d of %d (%d users); validation rows: %d "
+               "(split by %s, seed %d)", plan["num_train"], len(users),
+               plan["num_train_users"], plan["num_validation"], split_by,
+               f.split_seed)
+  return plan
+
+
+def selected_checkpoint(model_dir):
+  """The best validated checkpoint of `model_dir`, else its latest one."""
+  selection = read_selection(model_dir)
+  if selection and selection.get("best"):
+    return os.path.join(model_dir, BEST_DIR, selection["best"]["checkpoint"])
+  return tf.train.latest_checkpoint(model_dir)
+
+
+def read_selection(model_dir):
+  """`best/best.json` (validation history and best step), or None."""
+  path = os.path.join(model_dir, BEST_DIR, training_utils.BEST_STATE_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as reader:
+    return json.load(reader)
 
 
 def _float_metrics(results):
@@ -1056,14 +1122,16 @@ def run(options):
 
   outputs = {"parameters": report}
   data_files = [metadata["paths"]["train"], metadata["paths"]["test"]]
+  selection = None
   if f.do_train:
-    num_steps = f.num_train_steps
-    if num_steps is None:
-      num_steps = max(1, int(f.num_train_epochs * metadata["num_train"] /
-                             f.train_batch_size))
     if metadata["num_train"] == 0:
       raise CompatibilityError("the training split of %s is empty" %
                                f.data_dir)
+    plan = plan_training_rows(metadata, f)
+    num_steps = f.num_train_steps
+    if num_steps is None:
+      num_steps = max(1, int(f.num_train_epochs * plan["num_train"] /
+                             f.train_batch_size))
     train_input_fn = data_loader.finetune_input_fn_builder(
         metadata["paths"]["train"], metadata["source_length"], config.causal,
         f.train_batch_size, is_training=True,
@@ -1071,12 +1139,27 @@ def run(options):
         sampler=f.sampler,
         target_frequencies=metadata.get("train_target_frequencies",
                                         metadata["target_frequencies"]),
-        rho=f.rho, seed=f.seed)
+        rho=f.rho, seed=f.seed, row_mask=plan["train_mask"])
+    hooks = []
+    if plan["validation_mask"] is not None:
+      selection = training_utils.BestCheckpointHook(
+          estimator, eval_input_fn(
+              metadata, config, f.task, f.eval, f.num_eval_negatives,
+              f.distinct_negatives, f.eval_seed, f.eval_batch_size,
+              split="train", row_mask=plan["validation_mask"]),
+          every_n_steps=f.eval_every_steps or max(1, num_steps // 10),
+          metric=selection_metric(f.task, f.selection_metric, f.top_k),
+          best_dir=os.path.join(f.output_dir, BEST_DIR),
+          patience=f.early_stopping_patience, log=print)
+      hooks.append(selection)
     logging.info("Training %s for %d steps of batch %d (%d training "
                  "examples)", method, num_steps, f.train_batch_size,
-                 metadata["num_train"])
+                 plan["num_train"])
     with training_utils.data_loss_guard(data_files):
-      estimator.train(train_input_fn, max_steps=num_steps)
+      estimator.train(train_input_fn, max_steps=num_steps, hooks=hooks)
+    outputs["plan"] = {k: v for k, v in plan.items() if "mask" not in k}
+  checkpoint = (selected_checkpoint(model_dir) if task_patch is None
+                else None)
 
   eval_fn = eval_input_fn(metadata, config, f.task, f.eval,
                           f.num_eval_negatives, f.distinct_negatives,
@@ -1086,7 +1169,8 @@ def run(options):
       logging.warning("the test split is empty: nothing to evaluate")
     else:
       with training_utils.data_loss_guard(data_files):
-        results = estimator.evaluate(eval_fn, name="test")
+        results = estimator.evaluate(eval_fn, name="test",
+                                     checkpoint_path=checkpoint)
       metrics = _float_metrics(results)
       protocol = ("accuracy over all classes" if f.task == "classification"
                   else f.eval)
@@ -1099,7 +1183,11 @@ def run(options):
           "eval_seed": f.eval_seed, "global_step": int(results["global_step"]),
           "num_test": metadata["num_test"], "metrics": metrics,
           "task_patch": f.task_patch or None,
+          "validation": read_selection(model_dir) if task_patch is None
+                        else None,
       }
+      if "plan" in outputs:
+        summary["plan"] = outputs["plan"]
       name = PATCH_METRICS_FILE if task_patch is not None else METRICS_FILE
       training_utils.write_json_atomic(os.path.join(f.output_dir, name),
                                        summary)
@@ -1110,11 +1198,13 @@ def run(options):
 
   if f.do_train and f.export_task_patch:
     description = export_task_patch(
-        estimator.latest_checkpoint(), f.output_dir, config, method,
+        checkpoint, f.output_dir, config, method,
         insertion, cardinality, f.task, metadata["target_vocab_size"],
         init_checkpoint,
         extra={"tf_random_seed": f.tf_random_seed,
-               "eval_seed": f.eval_seed})
+               "eval_seed": f.eval_seed,
+               "global_step": int(tf.train.load_checkpoint(
+                   checkpoint).get_tensor("global_step"))})
     print("Task patch: %s (%d bytes; fine-tuned checkpoint %d bytes, %.2f%%)"
           % (os.path.join(f.output_dir, TASK_PATCH_DIR),
              description["task_patch_bytes"],
@@ -1126,8 +1216,6 @@ def run(options):
   if f.export_dir:
     # Lazy import: serving builds its graph with this module's functions.
     import serving  # pylint: disable=g-import-not-at-top
-    checkpoint = (tf.train.latest_checkpoint(f.output_dir)
-                  if task_patch is None else None)
     if checkpoint is None:
       raise CompatibilityError("--export_dir exports the fine-tuned "
                                "checkpoint of --output_dir %s; there is none"
@@ -1146,7 +1234,8 @@ def run(options):
     count = 0
     with tf.io.gfile.GFile(path + ".tmp", "w") as writer, \
         training_utils.data_loss_guard(data_files):
-      for prediction in estimator.predict(eval_fn, yield_single_examples=True):
+      for prediction in estimator.predict(eval_fn, checkpoint_path=checkpoint,
+                                          yield_single_examples=True):
         writer.write(json.dumps({
             "target": int(prediction["target"]),
             "top_ids": prediction["top_ids"].tolist(),
@@ -1236,6 +1325,32 @@ def define_flags(flag_values=flags.FLAGS):
       "sampled (negatives + the positive, the paper) or full (all target "
       "ids).", flag_values=fv)
   flags.DEFINE_integer("top_k", 5, "Cut-off of MRR/HR/NDCG.", flag_values=fv)
+  flags.DEFINE_float(
+      "validation_fraction", 0.1, "Share of the training users (of the rows "
+      "when the dataset was split by row) held out as a validation split, "
+      "seeded by --split_seed; evaluated every --eval_every_steps, the best "
+      "checkpoint is the one tested, exported and served. 0: no "
+      "validation, the last checkpoint (the original's protocol).",
+      flag_values=fv)
+  flags.DEFINE_integer("split_seed", 10, "Seed of the validation split.",
+                       flag_values=fv)
+  flags.DEFINE_integer("eval_every_steps", None, "Validation cadence; "
+                       "default a tenth of the training steps.",
+                       flag_values=fv)
+  flags.DEFINE_string(
+      "selection_metric", None, "Validation metric that picks the best "
+      "checkpoint (higher is better); default accuracy for classification, "
+      "hr@<top_k> for recommendation.", flag_values=fv)
+  flags.DEFINE_integer("early_stopping_patience", 0, "Stop after this many "
+                       "validations in a row without improvement; 0: never.",
+                       flag_values=fv)
+  flags.DEFINE_float(
+      "labelled_fraction", 1.0, "Few labels: train on this share of the "
+      "training users left after the validation split (drawn with --seed); "
+      "the validation and test splits do not change.", flag_values=fv)
+  flags.DEFINE_integer("num_labelled_users", None, "Few labels: train on "
+                       "this many users instead of --labelled_fraction.",
+                       flag_values=fv)
   flags.DEFINE_integer("num_eval_negatives", 99, "Sampled protocol: "
                        "negatives per test example.", flag_values=fv)
   flags.DEFINE_bool(

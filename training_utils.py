@@ -306,3 +306,128 @@ def replace_dir(staging, final_dir):
   tf.io.gfile.rename(staging, final_dir)
   if old is not None:
     tf.io.gfile.rmtree(old)
+
+
+# ---------------------------------------------------------------------------
+# Validation during training: the best checkpoint and early stopping
+# ---------------------------------------------------------------------------
+
+BEST_STATE_FILE = "best.json"
+BEST_CHECKPOINT_PREFIX = "model.ckpt"
+
+
+class BestCheckpointHook(tf.estimator.experimental.InMemoryEvaluatorHook):
+  """Validates in the training session, keeps the best checkpoint, stops early.
+
+  TensorFlow's `InMemoryEvaluatorHook` evaluates `input_fn` every
+  `every_n_steps` training steps (and before the first and after the last)
+  in a separate evaluation graph that receives the training variables'
+  current values, with no checkpoint round trip; its summaries go to
+  `model_dir/eval_<name>/` (TensorBoard's validation curves). On top of it
+  this hook:
+
+  * saves the training variables the evaluation graph uses (the model,
+    without optimizer slots) to `best_dir/model.ckpt-<step>` whenever
+    `metric` reaches or passes the best value so far (higher is better;
+    ties go to the later step), keeping only the best;
+  * records every evaluation and the best one in `best_dir/best.json`, read
+    back when a run resumes;
+  * requests a stop after `patience` evaluations in a row below the best
+    (0 = never).
+
+  `history` and `best` are available after training.
+  """
+
+  def __init__(self, estimator, input_fn, every_n_steps, metric, best_dir,
+               patience=0, name="validation", log=logging.info):
+    super(BestCheckpointHook, self).__init__(
+        estimator, input_fn, name=name, every_n_iter=every_n_steps)
+    self._metric = metric
+    self._best_dir = best_dir
+    self._patience = int(patience)
+    self._log = log
+    self._state_path = os.path.join(best_dir, BEST_STATE_FILE)
+    state = {"history": [], "best": None, "evaluations_without_improvement": 0}
+    if tf.io.gfile.exists(self._state_path):
+      with tf.io.gfile.GFile(self._state_path) as reader:
+        state.update(json.load(reader))
+    self.history = state["history"]
+    self.best = state["best"]
+    self._stale = state["evaluations_without_improvement"]
+    self._stop_requested = False
+
+  def begin(self):
+    super(BestCheckpointHook, self).begin()
+    with self._graph.as_default():
+      needed = {v.op.name for v in tf.compat.v1.global_variables()}
+    saved = [v for v in tf.compat.v1.global_variables()
+             if v.op.name in needed]
+    self._saver = tf.compat.v1.train.Saver(saved, max_to_keep=1,
+                                           save_relative_paths=True)
+    self._global_step = tf.compat.v1.train.get_global_step()
+
+  def _evaluate(self, train_session):
+    self._timer.update_last_triggered_step(self._iter_count)
+    step = int(train_session.run(self._global_step))
+    if self.history and self.history[-1]["step"] == step:
+      return  # Already evaluated at this step (the last step, or a resume).
+    results = self._run_evaluation(train_session)
+    if self._metric not in results:
+      raise ValueError("validation metric %r is not among %s" %
+                       (self._metric, sorted(results)))
+    metrics = {k: float(v) for k, v in results.items()
+               if k not in ("global_step", "loss", "num_examples")}
+    self.history.append({"step": step, "metrics": metrics,
+                         "loss": float(results.get("loss", float("nan")))})
+    value = metrics[self._metric]
+    # Ties go to the later checkpoint: equal validation, more training.
+    if self.best is None or value >= self.best["metrics"][self._metric]:
+      tf.io.gfile.makedirs(self._best_dir)
+      prefix = self._saver.save(
+          train_session, os.path.join(self._best_dir, BEST_CHECKPOINT_PREFIX),
+          global_step=step, write_meta_graph=False)
+      self.best = {"step": step, "metrics": metrics,
+                   "checkpoint": os.path.basename(prefix)}
+      self._stale = 0
+      mark = "best so far"
+    else:
+      self._stale += 1
+      mark = "best %.4f at step %d" % (self.best["metrics"][self._metric],
+                                       self.best["step"])
+      if self._patience and self._stale >= self._patience:
+        self._stop_requested = True
+        mark += "; %d evaluations without improvement: stopping" % self._stale
+    self._log("validation at step %d: %s %.4f (%s)" % (step, self._metric,
+                                                       value, mark))
+    write_json_atomic(self._state_path, {
+        "metric": self._metric, "history": self.history, "best": self.best,
+        "evaluations_without_improvement": self._stale})
+
+  def _run_evaluation(self, train_session):
+    """InMemoryEvaluatorHook._evaluate, returning the results."""
+    values = train_session.run(self._var_name_to_train_var)
+    feed = {self._var_name_to_placeholder[name]: value
+            for name, value in values.items()}
+
+    def feed_variables(scaffold, session):
+      del scaffold
+      session.run(self._var_feed_op, feed_dict=feed)
+
+    scaffold = tf.compat.v1.train.Scaffold(init_fn=feed_variables,
+                                           copy_from_scaffold=self._scaffold)
+    with self._graph.as_default():
+      return self._estimator._evaluate_run(  # pylint: disable=protected-access
+          checkpoint_path=None, scaffold=scaffold, update_op=self._update_op,
+          eval_dict=self._eval_dict, all_hooks=self._all_hooks,
+          output_dir=self._eval_dir)
+
+  def after_run(self, run_context, run_values):
+    super(BestCheckpointHook, self).after_run(run_context, run_values)
+    if self._stop_requested:
+      run_context.request_stop()
+
+  def best_checkpoint(self):
+    """Path prefix of the best checkpoint, or None before any evaluation."""
+    if self.best is None:
+      return None
+    return os.path.join(self._best_dir, self.best["checkpoint"])

@@ -129,7 +129,7 @@ def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
 
 
 def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
-                      test_fraction, split_seed, pad_token):
+                      test_fraction, split_seed, split_by, pad_token):
   """Reads, maps, splits and writes a fine-tuning dataset; returns metadata."""
   pretrain_vocab = (_load_item_vocab(item_vocab_path)
                     if item_vocab_path else None)
@@ -162,17 +162,23 @@ def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
   source_length = data_loader.max_length(sources)
   source_ids = item_vocab.transform(sources, source_length)
   target_ids = target_vocab.transform(targets, data_loader.max_length(targets))
-  example_sources, example_targets = data_loader.finetune_examples(
-      source_ids, target_ids)
-  train_index, test_index = data_loader.split_train_test(
-      np.arange(len(example_targets)), test_fraction, split_seed)
-  lengths = {"source": source_length, "target": 1}
+  example_sources, example_targets, example_users = (
+      data_loader.finetune_examples(source_ids, target_ids,
+                                    return_users=True))
+  if split_by == "user":
+    train_index, test_index = data_loader.split_train_test_by_user(
+        example_users, test_fraction, split_seed)
+  else:
+    train_index, test_index = data_loader.split_train_test(
+        np.arange(len(example_targets)), test_fraction, split_seed)
+  lengths = {"source": source_length, "target": 1, "user": 1}
   for name, index in ((data_loader.TRAIN_FILE, train_index),
                       (data_loader.TEST_FILE, test_index)):
     common.write_examples(
         out.path(name), {
             "source": example_sources[index],
-            "target": example_targets[index].reshape([-1, 1])
+            "target": example_targets[index].reshape([-1, 1]),
+            "user": example_users[index].reshape([-1, 1]),
         }, lengths, name.split(".")[0])
   item_vocab.save(out.path(data_loader.ITEM_VOCAB_FILE))
   target_vocab.save(out.path(data_loader.TARGET_VOCAB_FILE))
@@ -192,6 +198,8 @@ def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
       "num_examples": int(len(example_targets)),
       "num_train": int(len(train_index)),
       "num_test": int(len(test_index)),
+      "num_train_users": int(len(np.unique(example_users[train_index]))),
+      "num_test_users": int(len(np.unique(example_users[test_index]))),
       "target_frequencies": data_loader.target_frequencies(
           example_targets, len(target_vocab)),
       "train_target_frequencies": data_loader.target_frequencies(
@@ -207,7 +215,7 @@ def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
 
 def convert(kind, input_csv, output_dir, item_vocab=None,
             refit_source_vocab=False, test_fraction=0.2, split_seed=10,
-            subsessions=False, subsession_min_length=5, pad_token="0",
+            split_by="row", subsessions=False, subsession_min_length=5, pad_token="0",
             overwrite=False, command=None, print_summary=True):
   """Converts a CSV into a TFRecord dataset directory.
 
@@ -223,6 +231,9 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
       ids that differ).
     test_fraction: the original's `tt_percentage`, in [0, 1).
     split_seed: seed of the split permutation (10 as the original).
+    split_by: finetune: "row" permutes the (user, target) rows, as the
+      original, so one user's targets can be on both sides; "user" permutes
+      the users, so no user is in both splits.
     subsessions: pretrain: add the subsession augmentation to the training
       split (`data_loader.generate_subsessions`).
     subsession_min_length: shortest subsession (real items).
@@ -249,6 +260,12 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
                      (test_fraction,))
   if kind == data_loader.PRETRAIN and (item_vocab or refit_source_vocab):
     raise ValueError("item_vocab / refit_source_vocab apply to finetune only")
+  if split_by not in data_loader.SPLIT_BY:
+    raise ValueError("split_by must be one of %s, got %r" %
+                     (data_loader.SPLIT_BY, split_by))
+  if kind == data_loader.PRETRAIN and split_by != "row":
+    raise ValueError("split_by applies to finetune only (a pretraining line "
+                     "is a user)")
   if kind == data_loader.FINETUNE:
     if subsessions:
       raise ValueError("subsessions apply to pretrain only")
@@ -262,7 +279,7 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
         "tfrecord_tools.convert_csv.convert", kind=kind, input_csv=input_csv,
         output_dir=output_dir, item_vocab=item_vocab,
         refit_source_vocab=refit_source_vocab, test_fraction=test_fraction,
-        split_seed=split_seed, subsessions=subsessions,
+        split_seed=split_seed, split_by=split_by, subsessions=subsessions,
         subsession_min_length=subsession_min_length, pad_token=pad_token)
   data_loader.check_input_file(input_csv)
   if item_vocab:
@@ -273,7 +290,8 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     options.update(subsessions=bool(subsessions),
                    subsession_min_length=subsession_min_length)
   else:
-    options.update(refit_source_vocab=bool(refit_source_vocab),
+    options.update(split_by=split_by,
+                   refit_source_vocab=bool(refit_source_vocab),
                    item_vocab_from_sha1=(data_loader.file_sha1(item_vocab)
                                          if item_vocab else None))
   fingerprint = _fingerprint(kind, input_csv, options)
@@ -287,7 +305,7 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     else:
       metadata = _convert_finetune(input_csv, out, item_vocab,
                                    refit_source_vocab, test_fraction,
-                                   split_seed, pad_token)
+                                   split_seed, split_by, pad_token)
     metadata.update({
         "kind": kind,
         "format_version": data_loader.FORMAT_VERSION,
@@ -398,6 +416,9 @@ def define_flags():
   flags.DEFINE_float("test_fraction", 0.2,
                      "Fraction of rows in the test split (tt_percentage).")
   flags.DEFINE_integer("split_seed", 10, "Seed of the split permutation.")
+  flags.DEFINE_enum("split_by", "row", list(data_loader.SPLIT_BY),
+                    "finetune: split the (user, target) rows (the "
+                    "original's) or the users (no user in both splits).")
   flags.DEFINE_bool("subsessions", False,
                     "pretrain: add subsessions of the training sequences.")
   flags.DEFINE_integer("subsession_min_length", 5,
@@ -415,7 +436,7 @@ def main(argv):
             item_vocab=FLAGS.item_vocab,
             refit_source_vocab=FLAGS.refit_source_vocab,
             test_fraction=FLAGS.test_fraction, split_seed=FLAGS.split_seed,
-            subsessions=FLAGS.subsessions,
+            split_by=FLAGS.split_by, subsessions=FLAGS.subsessions,
             subsession_min_length=FLAGS.subsession_min_length,
             pad_token=FLAGS.pad_token, overwrite=FLAGS.overwrite,
             command=common.command_line("tfrecord_tools.convert_csv"))
