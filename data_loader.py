@@ -944,13 +944,15 @@ def pretrain_input_fn_builder(input_files, seq_length, batch_size, is_training,
   return input_fn
 
 
-def finetune_rows(source, target, causal):
+def finetune_rows(source, target, causal, cls_at_start=False):
   """Builds SPEC rows in the graph.
 
   Args:
     source: int32 Tensor [B, source_length].
     target: int32 Tensor [B].
     causal: bool, see `example_rows`.
+    cls_at_start: causal only, the `[CLS]`-at-start ablation:
+      `[0, source..., target]`.
 
   Returns:
     int32 Tensor [B, source_length + 2] (causal: `[source..., 0, target]`)
@@ -958,7 +960,11 @@ def finetune_rows(source, target, causal):
   """
   zeros = tf.zeros_like(source[:, :1])
   target = tf.expand_dims(target, 1)
-  parts = [source, zeros, target] if causal else [zeros, source, zeros, target]
+  if causal:
+    parts = ([zeros, source, target] if cls_at_start else
+             [source, zeros, target])
+  else:
+    parts = [zeros, source, zeros, target]
   return tf.concat(parts, axis=1)
 
 
@@ -970,7 +976,7 @@ def finetune_input_fn_builder(input_files, source_length, causal, batch_size,
                               shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
                               num_epochs=None,
                               lambdafm_exclude_positive=False,
-                              row_mask=None,
+                              row_mask=None, cls_at_start=False,
                               num_parallel_calls=tf.data.AUTOTUNE):
   """Returns an `input_fn(params)` over fine-tuning TFRecords.
 
@@ -1000,6 +1006,7 @@ def finetune_input_fn_builder(input_files, source_length, causal, batch_size,
     lambdafm_exclude_positive: LambdaFM only; False as the original.
     row_mask: optional bool array over the records of `input_files`: keep
       only these (a validation or few-label subset, `carve_training_rows`).
+    cls_at_start: causal rows with the `[CLS]` slot first (`finetune_rows`).
 
   Returns:
     input_fn(params) -> tf.data.Dataset of dicts:
@@ -1038,7 +1045,7 @@ def finetune_input_fn_builder(input_files, source_length, causal, batch_size,
     source = tf.cast(parsed["source"], tf.int32)
     target = tf.cast(parsed["target"][:, 0], tf.int32)
     return {
-        "rows": finetune_rows(source, target, causal),
+        "rows": finetune_rows(source, target, causal, cls_at_start),
         "target": target,
         "negatives": draw_negatives(target, stateless_seed),
     }

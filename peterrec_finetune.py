@@ -210,7 +210,7 @@ def count_parameters(variables):
 
 
 def build_finetune_model(context, config, method, insertion, cardinality,
-                         target_vocab_size):
+                         target_vocab_size, cls_at_start=False):
   """The fine-tuning network: backbone (+ patches), user vector, head table.
 
   Args:
@@ -220,13 +220,15 @@ def build_finetune_model(context, config, method, insertion, cardinality,
     insertion: "serial" or "parallel" (used with patches).
     cardinality: branches of each patch.
     target_vocab_size: rows of the target table (with id 0).
+    cls_at_start: causal only, the `[CLS]`-at-start ablation.
 
   Returns:
     (user_vectors float32 [B, width], target_table [target_vocab_size, width]).
   """
   patch = insertion if uses_patches(method) else None
   user, _ = networks.peterrec_user_vectors(context, config, patch=patch,
-                                           cardinality=cardinality)
+                                           cardinality=cardinality,
+                                           cls_at_start=cls_at_start)
   table = heads.target_embedding_table(target_vocab_size, config.hidden_size)
   return user, table
 
@@ -323,7 +325,8 @@ def _log_variables(variables, trained, restored):
 def model_fn_builder(model_config, init_checkpoint, method, insertion,
                      cardinality, task, target_vocab_size, loss="bce",
                      learning_rate=0.001, beta1=0.9, eval_protocol="sampled",
-                     top_k=5, predict_top_k=10, task_patch=None):
+                     top_k=5, predict_top_k=10, task_patch=None,
+                     cls_at_start=False):
   """Returns the Estimator `model_fn` of PeterRec fine-tuning.
 
   Args:
@@ -347,6 +350,8 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
       prefix or None): restore the trained variables from the patch and
       the others from the backbone (evaluation/prediction of an exported
       task).
+    cls_at_start: causal only: rows `[0, source..., target]` and the user
+      vector at position 0 (the paper's `[CLS]`-at-start ablation).
 
   Features (from data_loader.finetune_input_fn_builder):
     rows int32 [B, L], target int32 [B], negatives int32 [B, N].
@@ -383,7 +388,7 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
     negatives = features["negatives"]
     user, table = build_finetune_model(context, model_config, method,
                                        insertion, cardinality,
-                                       target_vocab_size)
+                                       target_vocab_size, cls_at_start)
     variables = tf.compat.v1.trainable_variables()
     trained = trainable_variables_for(method, variables, num_blocks)
     sources, restored = _assignment_sources(method, init_checkpoint,
@@ -892,7 +897,7 @@ def make_estimator(model_fn, model_dir, save_checkpoints_steps=1000,
 
 def eval_input_fn(metadata, config, task, eval_protocol, num_eval_negatives,
                   distinct_negatives, eval_seed, batch_size, split="test",
-                  row_mask=None):
+                  row_mask=None, cls_at_start=False):
   """One seeded pass over a split (its `row_mask` rows), last batch kept."""
   num_negatives = 1
   if task == "recommendation" and eval_protocol == "sampled":
@@ -903,7 +908,7 @@ def eval_input_fn(metadata, config, task, eval_protocol, num_eval_negatives,
       target_vocab_size=metadata["target_vocab_size"],
       num_negatives=num_negatives, sampler="uniform",
       distinct_negatives=(distinct_negatives and num_negatives > 1),
-      seed=eval_seed, row_mask=row_mask)
+      seed=eval_seed, row_mask=row_mask, cls_at_start=cls_at_start)
 
 
 def selection_metric(task, metric, top_k):
@@ -1079,6 +1084,17 @@ def run(options):
       init_checkpoint = None  # random initialization: nothing restored
   logging.info("Backbone configuration (from %s): %s", config_source,
                config.to_json_string())
+  cls_position = f.cls_position
+  if patch_description is not None:
+    cls_position = patch_description.get("cls_position") or "end"
+  if cls_position == "start" and not config.causal:
+    raise CompatibilityError("--cls_position=start is the ablation of the "
+                             "causal backbone; the non-causal one reads "
+                             "[CLS] at both ends")
+  cls_at_start = cls_position == "start"
+  if cls_at_start and f.export_dir:
+    raise CompatibilityError("--export_dir serves [CLS]-at-end models only; "
+                             "--cls_position=start is an ablation")
   check_eval_options(metadata, f.task, f.eval, f.num_eval_negatives,
                      f.distinct_negatives)
   if f.loss == "softmax" and f.sampler == "lambdafm":
@@ -1101,7 +1117,8 @@ def run(options):
       config, init_checkpoint, method, insertion, cardinality, f.task,
       metadata["target_vocab_size"], loss=f.loss,
       learning_rate=f.learning_rate, beta1=f.beta1, eval_protocol=f.eval,
-      top_k=f.top_k, predict_top_k=f.predict_top_k, task_patch=task_patch)
+      top_k=f.top_k, predict_top_k=f.predict_top_k, task_patch=task_patch,
+      cls_at_start=cls_at_start)
   model_dir = f.output_dir
   if task_patch is not None:
     # A fresh directory without checkpoints: the Estimator then initializes
@@ -1139,14 +1156,16 @@ def run(options):
         sampler=f.sampler,
         target_frequencies=metadata.get("train_target_frequencies",
                                         metadata["target_frequencies"]),
-        rho=f.rho, seed=f.seed, row_mask=plan["train_mask"])
+        rho=f.rho, seed=f.seed, row_mask=plan["train_mask"],
+        cls_at_start=cls_at_start)
     hooks = []
     if plan["validation_mask"] is not None:
       selection = training_utils.BestCheckpointHook(
           estimator, eval_input_fn(
               metadata, config, f.task, f.eval, f.num_eval_negatives,
               f.distinct_negatives, f.eval_seed, f.eval_batch_size,
-              split="train", row_mask=plan["validation_mask"]),
+              split="train", row_mask=plan["validation_mask"],
+              cls_at_start=cls_at_start),
           every_n_steps=f.eval_every_steps or max(1, num_steps // 10),
           metric=selection_metric(f.task, f.selection_metric, f.top_k),
           best_dir=os.path.join(f.output_dir, BEST_DIR),
@@ -1163,7 +1182,8 @@ def run(options):
 
   eval_fn = eval_input_fn(metadata, config, f.task, f.eval,
                           f.num_eval_negatives, f.distinct_negatives,
-                          f.eval_seed, f.eval_batch_size)
+                          f.eval_seed, f.eval_batch_size,
+                          cls_at_start=cls_at_start)
   if f.do_eval:
     if metadata["num_test"] == 0:
       logging.warning("the test split is empty: nothing to evaluate")
@@ -1202,7 +1222,7 @@ def run(options):
         insertion, cardinality, f.task, metadata["target_vocab_size"],
         init_checkpoint,
         extra={"tf_random_seed": f.tf_random_seed,
-               "eval_seed": f.eval_seed,
+               "eval_seed": f.eval_seed, "cls_position": cls_position,
                "global_step": int(tf.train.load_checkpoint(
                    checkpoint).get_tensor("global_step"))})
     print("Task patch: %s (%d bytes; fine-tuned checkpoint %d bytes, %.2f%%)"
@@ -1293,6 +1313,10 @@ def define_flags(flag_values=flags.FLAGS):
       "insertion", None, list(INSERTIONS), "Patch insertion; default serial "
       "for nextitnet, parallel for grec (as the original scripts).",
       flag_values=fv)
+  flags.DEFINE_enum(
+      "cls_position", "end", ["end", "start"], "Where the causal network's "
+      "[CLS] slot sits: end (the original: its state has seen every item) or "
+      "start (the paper's ablation: it sees none).", flag_values=fv)
   flags.DEFINE_integer("cardinality", 1, "Branches of each model patch "
                        "(1 = ResNet-style).", flag_values=fv)
   flags.DEFINE_enum(

@@ -239,19 +239,22 @@ def last_position(hidden):
   return hidden[:, -1, :]
 
 
-def user_representation(hidden, causal):
+def user_representation(hidden, causal, cls_at_start=False):
   """The user vector fed to a PeterRec head.
 
   Causal models use the `[CLS]` slot at the end; the non-causal classifier
   adds the first and the last positions (both are `[CLS]`-like zeros).
+  `cls_at_start` is the paper's ablation for causal models: the `[CLS]` slot
+  first, so its state sees no item of the user.
 
   Args:
     hidden: float32 Tensor [batch_size, seq_length, C].
     causal: bool.
+    cls_at_start: bool (causal only).
 
   Returns:
     float32 Tensor [batch_size, C].
   """
   if causal:
-    return last_position(hidden)
+    return hidden[:, 0, :] if cls_at_start else last_position(hidden)
   return hidden[:, 0, :] + hidden[:, -1, :]

@@ -128,7 +128,8 @@ def grec_pretrain(masked_itemseq, masked_positions, masked_labels, config,
   return {"loss": loss, "hidden": hidden, "last_logits": last_logits}
 
 
-def peterrec_user_vectors(context, config, patch, cardinality=1):
+def peterrec_user_vectors(context, config, patch, cardinality=1,
+                          cls_at_start=False):
   """The backbone with model patches and the user representation.
 
   The non-causal graph also creates `softmax_w` (never used), as the
@@ -138,6 +139,8 @@ def peterrec_user_vectors(context, config, patch, cardinality=1):
     context: int32 [batch_size, seq_length]: rows[:, :-1] of the SPEC layout.
     config: ModelConfig.
     patch: None (no patches: FineAll/FineCLS/FineLast), "serial", "parallel".
+    cardinality: branches of each patch.
+    cls_at_start: causal only: the `[CLS]` slot is position 0 (ablation).
 
   Returns:
     (user_vectors [batch_size, width], hidden [batch_size, seq_length, width]).
@@ -147,4 +150,5 @@ def peterrec_user_vectors(context, config, patch, cardinality=1):
   if not config.causal:
     heads.softmax_variables(config.item_size, config.hidden_size,
                             with_bias=False)
-  return modeling.user_representation(hidden, config.causal), hidden
+  return (modeling.user_representation(hidden, config.causal, cls_at_start),
+          hidden)

@@ -104,10 +104,11 @@ def test_peterrec_serial_export_and_reload(demo_data):
   assert sorted(stored) == sorted(parameters["trained_variables"])
   assert sum(int(np.prod(s)) for s in stored.values()) == 37120
   # 37120 floats = 148,480 bytes + index: 15% of the model's parameters,
-  # about 12% of the fine-tuned checkpoint (which adds Adam slots of the
-  # trained variables) and 6% of the authors' backbone checkpoint.
+  # and so about 15% of the fine-tuned checkpoint (the best validated one:
+  # the model's variables, no optimizer slots), 6% of the authors' backbone
+  # checkpoint (which holds Adam slots).
   assert patch["task_patch_bytes"] < 152 * 1024
-  assert patch["task_patch_bytes"] < 0.13 * patch["finetuned_checkpoint_bytes"]
+  assert patch["task_patch_bytes"] < 0.16 * patch["finetuned_checkpoint_bytes"]
   assert patch["task_patch_bytes"] < 0.07 * patch["backbone_checkpoint_bytes"]
   assert patch["backbone_checkpoint"] == os.path.abspath(
       conftest.PRETRAIN_CHECKPOINT)

@@ -116,3 +116,29 @@ def test_input_pipeline_reads_only_the_masked_rows(tmp_path):
                          for b in input_fn({}).as_numpy_iterator()])
   # Target "t<u>" of user u has id u + 1 (first appearance).
   np.testing.assert_array_equal(np.sort(seen), np.sort(users[mask] + 1))
+
+
+def test_cls_at_start_sees_no_item_of_the_user():
+  import tensorflow as tf
+  from ops import modeling
+  from ops import networks
+  config = modeling.ModelConfig(item_size=20, channels=8, dilations=[1, 2],
+                                kernel_size=3, causal=True)
+  source = np.array([[3, 4, 5, 6], [7, 8, 9, 10]], dtype=np.int32)
+  vectors = {}
+  for at_start in (False, True):
+    with tf.Graph().as_default():
+      tf.compat.v1.set_random_seed(1)
+      rows = data_loader.finetune_rows(tf.constant(source),
+                                       tf.constant([1, 2]), True, at_start)
+      user, _ = networks.peterrec_user_vectors(rows[:, :-1], config, "serial",
+                                               cls_at_start=at_start)
+      with tf.compat.v1.Session() as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        vectors[at_start], row_values = session.run([user, rows])
+    if at_start:
+      np.testing.assert_array_equal(row_values[:, 0], [0, 0])
+      np.testing.assert_array_equal(row_values[:, 1:5], source)
+  # At the end the two users differ; at the start they are the same user.
+  assert np.abs(vectors[False][0] - vectors[False][1]).max() > 1e-4
+  np.testing.assert_allclose(vectors[True][0], vectors[True][1], atol=1e-6)
