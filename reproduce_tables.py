@@ -46,10 +46,12 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+import baselines
 import data_loader
 import nextitnet_pretrain
 import peterrec_finetune
 import training_utils
+from ops import checkpoint as checkpoint_lib
 from tfrecord_tools import amazon
 from tfrecord_tools import common
 from tfrecord_tools import convert_csv
@@ -61,56 +63,102 @@ CELL_FILE = "cell.json"
 TABLE_FILE = "table.md"
 RESULTS_FILE = "results.json"
 
-# Rows of the table: (label, peterrec_finetune method, insertion).
+# Rows of the table. backbone: which pretrained network (nextitnet is causal,
+# grec the non-causal encoder); cls_position "start" is the paper's ablation
+# of the causal network (its [CLS] state sees no item of the user).
+Row = collections.namedtuple("Row", ["label", "method", "insertion",
+                                     "backbone", "cls_position"])
 METHOD_ROWS = collections.OrderedDict([
-    ("peterrec_serial", ("PeterRec (serial)", "peterrec", "serial")),
-    ("peterrec_parallel", ("PeterRec (parallel)", "peterrec", "parallel")),
-    ("peterzero", ("PeterZero", "peterzero", "serial")),
-    ("fineall", ("FineAll", "fineall", None)),
-    ("finecls", ("FineCLS", "finecls", None)),
-    ("finelast1", ("FineLast1", "finelast1", None)),
-    ("finelast2", ("FineLast2", "finelast2", None)),
+    ("peterrec_serial", Row("PeterRec (serial)", "peterrec", "serial",
+                            "nextitnet", "end")),
+    ("peterrec_parallel", Row("PeterRec (parallel)", "peterrec", "parallel",
+                              "nextitnet", "end")),
+    ("grec_peterrec_serial", Row("PeterRec GRec (serial)", "peterrec",
+                                 "serial", "grec", "end")),
+    ("grec_peterrec_parallel", Row("PeterRec GRec (parallel)", "peterrec",
+                                   "parallel", "grec", "end")),
+    ("peterrec_cls_start", Row("PeterRec, [CLS] at start (ablation)",
+                               "peterrec", "serial", "nextitnet", "start")),
+    ("peterzero", Row("PeterZero", "peterzero", "serial", "nextitnet", "end")),
+    ("fineall", Row("FineAll", "fineall", None, "nextitnet", "end")),
+    ("finecls", Row("FineCLS", "finecls", None, "nextitnet", "end")),
+    ("finelast1", Row("FineLast1", "finelast1", None, "nextitnet", "end")),
+    ("finelast2", Row("FineLast2", "finelast2", None, "nextitnet", "end")),
 ])
+# Calibration rows (not methods of the paper; baselines.py), on the same
+# splits: the user-independent reference and a linear bag-of-items model.
+CALIBRATION_ROWS = collections.OrderedDict([
+    ("reference", "calibration: user-independent reference"),
+    ("linear", "calibration: linear bag of items"),
+])
+# The rows of the convergence figure and of the few-label runs.
+CURVE_ROWS = ("peterrec_serial", "fineall", "finecls")
+FEW_LABEL_ROWS = ("peterrec_serial", "fineall", "peterzero")
 
-# Per dataset: the pretraining run and the fine-tuning budget. Everything
-# here can be overridden by flags. Budgets were chosen to finish each real
-# dataset in about 20-30 minutes on a shared 2-core CPU (README).
+_COMMON_FINETUNE = {"validation_fraction": 0.1, "split_seed": 10,
+                    "eval_batch_size": 512}
+_REAL_PRETRAIN = {"channels": 64, "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
+                  "softmax": "sampled", "batch_size": 32,
+                  "learning_rate": 0.001, "train_steps": 3000}
+
+# Per dataset: the pretraining runs and the fine-tuning protocol. Everything
+# here can be overridden by flags. Learning rates are a grid: each row takes
+# the one with the best validation metric on the first seed, then runs the
+# other seeds with it; the step is the best validation checkpoint.
 PROFILES = {
     "demo": {
         "pretrain": {"channels": 32, "dilations": [1, 2], "softmax": "full",
                      "batch_size": 64, "learning_rate": 0.005,
                      "train_steps": 400},
-        "finetune": {"train_batch_size": 32, "num_train_steps": 600,
-                     "learning_rate": 0.005, "eval_batch_size": 256},
+        "finetune": dict(_COMMON_FINETUNE, train_batch_size=32,
+                         num_train_steps=600, eval_every_steps=100,
+                         eval_batch_size=256),
+        "learning_rates": [0.005],
+        "seeds": [1],
+        "few_label_fractions": [],
+        "rows": ["peterrec_serial", "peterrec_parallel", "peterzero",
+                 "fineall", "finecls", "finelast1", "finelast2"],
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.5,
+        "split_by": "row",
     },
     "movielens-1m": {
-        "pretrain": {"channels": 64, "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
-                     "softmax": "sampled", "batch_size": 32,
-                     "learning_rate": 0.001, "train_steps": 3000},
-        "finetune": {"train_batch_size": 128, "num_train_steps": 600,
-                     "learning_rate": 0.001, "eval_batch_size": 512},
+        "pretrain": dict(_REAL_PRETRAIN),
+        "finetune": dict(_COMMON_FINETUNE, train_batch_size=128,
+                         num_train_steps=600, eval_every_steps=50,
+                         early_stopping_patience=4),
+        "learning_rates": [0.001, 0.0001],
+        "seeds": [1, 2, 3],
+        "few_label_fractions": [0.1],
+        "rows": list(METHOD_ROWS),
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.2,
+        "split_by": "user",
     },
     "amazon-afk": {
-        "pretrain": {"channels": 64, "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
-                     "softmax": "sampled", "batch_size": 32,
-                     "learning_rate": 0.001, "train_steps": 3000},
-        "finetune": {"train_batch_size": 512, "num_train_steps": 140,
-                     "learning_rate": 0.001, "eval_batch_size": 512},
+        "pretrain": dict(_REAL_PRETRAIN),
+        "finetune": dict(_COMMON_FINETUNE, train_batch_size=512,
+                         num_train_steps=420, eval_every_steps=35,
+                         early_stopping_patience=4),
+        "learning_rates": [0.001, 0.0001],
+        "seeds": [1, 2, 3],
+        "few_label_fractions": [0.1],
+        "rows": list(METHOD_ROWS),
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.2,
+        "split_by": "user",
     },
     "custom": {
-        "pretrain": {"channels": 64, "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
-                     "softmax": "sampled", "batch_size": 32,
-                     "learning_rate": 0.001, "train_steps": 3000},
-        "finetune": {"train_batch_size": 512, "num_train_steps": 1000,
-                     "learning_rate": 0.001, "eval_batch_size": 512},
+        "pretrain": dict(_REAL_PRETRAIN),
+        "finetune": dict(_COMMON_FINETUNE, train_batch_size=512,
+                         num_train_steps=1000, early_stopping_patience=4),
+        "learning_rates": [0.001, 0.0001],
+        "seeds": [1, 2, 3],
+        "few_label_fractions": [],
+        "rows": list(METHOD_ROWS),
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.2,
+        "split_by": "row",
     },
 }
 
@@ -191,7 +239,7 @@ def prepare_csvs(dataset, output_dir, data_root=None, pretrain_csv=None,
 
 
 def convert_datasets(output_dir, pretrain_csv, tasks, pretrain_test_fraction,
-                     finetune_test_fraction):
+                     finetune_test_fraction, split_by="row"):
   """CSV -> TFRecord datasets (the converter skips nothing; it is cheap).
 
   Returns:
@@ -208,7 +256,7 @@ def convert_datasets(output_dir, pretrain_csv, tasks, pretrain_test_fraction,
     directory = os.path.join(data_dir, task.name)
     convert_csv.convert("finetune", task.csv, directory, item_vocab=vocab,
                         test_fraction=finetune_test_fraction,
-                        print_summary=False)
+                        split_by=split_by, print_summary=False)
     finetune_dirs[task.name] = directory
   return pretrain_dir, finetune_dirs
 
@@ -231,14 +279,16 @@ def _canonical(values):
                                sort_keys=True))
 
 
-def pretrain(output_dir, pretrain_data, settings, seed, log, command=None):
-  """Pretrains the backbone once; reuses a finished run with the same request.
+def pretrain(output_dir, pretrain_data, settings, seed, log, command=None,
+             encoder="nextitnet"):
+  """Pretrains a backbone once; reuses a finished run with the same request.
 
   Returns:
     (model_dir, metrics dict, seconds spent now, skipped bool).
   """
-  model_dir = os.path.join(output_dir, "pretrain")
-  request = _canonical(dict(settings, seed=seed,
+  model_dir = os.path.join(output_dir, "pretrain" if encoder == "nextitnet"
+                           else "pretrain_" + encoder)
+  request = _canonical(dict(settings, seed=seed, encoder=encoder,
                             data=data_loader.load_metadata(pretrain_data)
                             ["fingerprint"]))
   request_path = os.path.join(model_dir, CELL_FILE)
@@ -256,15 +306,15 @@ def pretrain(output_dir, pretrain_data, settings, seed, log, command=None):
       return model_dir, done, 0.0, True
   os.makedirs(model_dir, exist_ok=True)
   training_utils.write_json_atomic(request_path, request)
-  log("pretraining NextItNet: %d steps of batch %d, %d channels, "
-      "dilations %s, %s softmax" % (settings["train_steps"],
+  log("pretraining %s: %d steps of batch %d, %d channels, "
+      "dilations %s, %s softmax" % (encoder, settings["train_steps"],
                                     settings["batch_size"],
                                     settings["channels"],
                                     settings["dilations"],
                                     settings["softmax"]))
   start = time.time()
   values = nextitnet_pretrain.default_settings(
-      data_dir=pretrain_data, model_dir=model_dir, encoder="nextitnet",
+      data_dir=pretrain_data, model_dir=model_dir, encoder=encoder,
       seed=seed, save_checkpoints_steps=max(settings["train_steps"], 1),
       keep_checkpoint_max=1, eval_throttle_secs=100000,
       log_step_count_steps=max(100, settings["train_steps"] // 10),
@@ -281,19 +331,20 @@ def pretrain(output_dir, pretrain_data, settings, seed, log, command=None):
   return model_dir, metrics, seconds, False
 
 
-def cell_options(task, method, insertion, data_dir, cell_dir, checkpoint,
-                 finetune_settings, seed):
-  """peterrec_finetune options of one table cell."""
+def cell_options(task, row, data_dir, cell_dir, checkpoint, finetune_settings,
+                 seed, learning_rate, labelled_fraction=1.0):
+  """peterrec_finetune options of one run of a table row."""
   options = peterrec_finetune.default_options()
   options.update(finetune_settings)
+  steps = finetune_settings["num_train_steps"]
   options.update(
       data_dir=data_dir, output_dir=cell_dir, init_checkpoint=checkpoint,
-      method=method, insertion=insertion, task=task.kind, seed=seed,
-      tf_random_seed=seed, export_task_patch=False,
-      save_checkpoints_steps=max(finetune_settings["num_train_steps"], 1),
-      keep_checkpoint_max=1,
-      log_step_count_steps=max(100, finetune_settings["num_train_steps"]),
-      save_summary_steps=max(100, finetune_settings["num_train_steps"]))
+      method=row.method, insertion=row.insertion,
+      cls_position=row.cls_position, task=task.kind, seed=seed,
+      tf_random_seed=seed, learning_rate=learning_rate,
+      labelled_fraction=labelled_fraction, export_task_patch=False,
+      save_checkpoints_steps=max(steps, 1), keep_checkpoint_max=1,
+      log_step_count_steps=max(100, steps), save_summary_steps=max(100, steps))
   return options
 
 
@@ -347,6 +398,147 @@ def run_cell(options, fingerprint):
 # ---------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------
+# The protocol: a learning rate chosen on validation, then several seeds
+# ---------------------------------------------------------------------------
+
+
+def selection_key(task, top_k=5):
+  """The validation metric that chooses checkpoints and learning rates."""
+  return "accuracy" if task.kind == "classification" else "hr@%d" % top_k
+
+
+def mean_and_sd(values):
+  """(mean, sample standard deviation; 0 for one value) of a list."""
+  values = np.asarray(values, dtype=np.float64)
+  sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return float(np.mean(values)), sd
+
+
+def summarize_seeds(per_seed, keys):
+  """{key: {"mean", "sd", "se", "values"}} over the seeds' metric dicts."""
+  summary = {}
+  for key in keys:
+    values = [m[key] for m in per_seed]
+    mean, sd = mean_and_sd(values)
+    summary[key] = {"mean": mean, "sd": sd,
+                    "se": sd / np.sqrt(len(values)), "values": values}
+  return summary
+
+
+class Runner(object):
+  """Runs (or finds done) the fine-tuning runs of one table, logging each."""
+
+  def __init__(self, output_dir, finetune_dirs, data, checkpoints,
+               backbone_ids, finetune_settings, log):
+    self.output_dir = output_dir
+    self.finetune_dirs = finetune_dirs
+    self.data = data
+    self.checkpoints = checkpoints
+    self.backbone_ids = backbone_ids
+    self.settings = finetune_settings
+    self.log = log
+    self.count = 0
+    self.seconds = 0.0
+
+  def run(self, task, row_key, seed, learning_rate, labelled_fraction=1.0):
+    """One fine-tuning run; returns its metrics.json dict."""
+    row = METHOD_ROWS[row_key]
+    name = "lr%g-seed%d" % (learning_rate, seed)
+    if labelled_fraction < 1.0:
+      name = "labels%g-" % labelled_fraction + name
+    cell_dir = os.path.join(self.output_dir, "cells", task.name, row_key,
+                            name)
+    checkpoint = self.checkpoints[row.backbone]
+    options = cell_options(task, row, self.finetune_dirs[task.name], cell_dir,
+                           checkpoint, self.settings, seed, learning_rate,
+                           labelled_fraction)
+    fingerprint = dict(
+        {k: v for k, v in options.items()
+         if k not in ("output_dir", "data_dir", "init_checkpoint")},
+        data=self.data[task.name]["fingerprint"],
+        backbone=self.backbone_ids[row.backbone],
+        checkpoint=os.path.basename(checkpoint))
+    metrics, seconds, skipped = run_cell(options, fingerprint)
+    self.count += 1
+    self.seconds += seconds
+    key = selection_key(task)
+    best = metrics["validation"]["best"]
+    self.log("  %s / %s / %s: validation %s %.4f at step %d, test %s %.4f%s"
+             % (task.name, row.label, name, key, best["metrics"][key],
+                best["step"], key, metrics["metrics"][key],
+                " (done already)" if skipped else " (%.0f s)" % seconds))
+    report = _read_json(os.path.join(cell_dir,
+                                     peterrec_finetune.PARAMETERS_FILE))
+    return dict(metrics, trainable_percent=report["trainable_percent"],
+                seconds=seconds if not skipped else None)
+
+  def select_and_repeat(self, task, row_key, learning_rates, seeds):
+    """The learning rate with the best validation metric on the first seed,
+    then every seed with it. Returns the row's record for results.json."""
+    key = selection_key(task)
+    grid = collections.OrderedDict()
+    runs = {}
+    for learning_rate in learning_rates:
+      runs[learning_rate] = self.run(task, row_key, seeds[0], learning_rate)
+      grid[learning_rate] = runs[learning_rate]["validation"]["best"][
+          "metrics"][key]
+    chosen = max(grid, key=lambda lr: (grid[lr], -learning_rates.index(lr)))
+    per_seed = [runs[chosen]] + [self.run(task, row_key, seed, chosen)
+                                 for seed in seeds[1:]]
+    columns = [k for _, k in task_columns(task)]
+    return {
+        "label": METHOD_ROWS[row_key].label,
+        "learning_rate_grid": {"%g" % lr: v for lr, v in grid.items()},
+        "validation_metric": key,
+        "chosen_learning_rate": chosen,
+        "seeds": list(seeds),
+        "test": summarize_seeds([r["metrics"] for r in per_seed], columns),
+        "best_steps": [r["validation"]["best"]["step"] for r in per_seed],
+        "validation_histories": [r["validation"]["history"]
+                                 for r in per_seed],
+        "trainable_percent": per_seed[0]["trainable_percent"],
+    }
+
+
+def calibration(task, data_dir, finetune_settings, seeds, labelled_fraction=1.0,
+                top_k=5):
+  """The calibration rows of a task over `seeds` (baselines.py).
+
+  The training and validation rows are planned exactly as
+  peterrec_finetune plans them for the same options and seed.
+  """
+  metadata = data_loader.load_metadata(data_dir)
+  users = data_loader.read_finetune_users(metadata["paths"]["train"])
+  classification = task.kind == "classification"
+  per_seed = []
+  num_train_users = None
+  for seed in seeds:
+    train, validation = data_loader.carve_training_rows(
+        users, finetune_settings["validation_fraction"],
+        by=metadata.get("split_by", "row"),
+        labelled_fraction=labelled_fraction,
+        seed=finetune_settings["split_seed"], labelled_seed=seed)
+    num_train_users = len(np.unique(users[train]))
+    per_seed.append(baselines.calibration_rows(
+        metadata, classification, train, validation,
+        eval_batch_size=finetune_settings["eval_batch_size"], top_k=top_k,
+        seed=seed))
+  columns = [k for _, k in task_columns(task, top_k)]
+  return {
+      "num_train_users": num_train_users,
+      "reference": {"label": CALIBRATION_ROWS["reference"],
+                    "test": summarize_seeds([r["reference"]
+                                             for r in per_seed], columns)},
+      "linear": {"label": CALIBRATION_ROWS["linear"],
+                 "test": summarize_seeds([r["linear"] for r in per_seed],
+                                         columns),
+                 "selection": [r["linear_selection"] for r in per_seed]},
+  }
+
+
+# ---------------------------------------------------------------------------
+# The table and the figures
+# ---------------------------------------------------------------------------
 
 
 def task_columns(task, top_k=5):
@@ -357,14 +549,15 @@ def task_columns(task, top_k=5):
           ("%s HR@%d" % (task.name, top_k), "hr@%d" % top_k)]
 
 
-def format_table(tasks, rows, cells, parameters, digits=4, top_k=5):
-  """The markdown table: rows = methods, columns = task metrics + trainable %.
+def format_table(tasks, rows, records, digits=4, top_k=5):
+  """The markdown table: rows = methods and calibration rows, columns = task
+  metrics as mean +- sd over the seeds, + the trainable percentage.
 
   Args:
     tasks: [Task].
-    rows: [row key of METHOD_ROWS].
-    cells: {task name: {row key: metrics dict}}.
-    parameters: {task name: {row key: trainable percent}}.
+    rows: row keys (of METHOD_ROWS or CALIBRATION_ROWS), in order.
+    records: {task name: {row key: record with "label", "test" (see
+      summarize_seeds) and optionally "trainable_percent"}}.
 
   Returns:
     str (a missing cell shows "-").
@@ -376,67 +569,91 @@ def format_table(tasks, rows, cells, parameters, digits=4, top_k=5):
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
   for row in rows:
-    values = [METHOD_ROWS[row][0]]
+    label = None
+    values = []
+    percents = []
     for task in tasks:
-      metrics = cells.get(task.name, {}).get(row)
+      record = records.get(task.name, {}).get(row)
+      if record is not None:
+        label = record["label"]
+        if record.get("trainable_percent") is not None:
+          percents.append(record["trainable_percent"])
       for _, key in task_columns(task, top_k):
-        values.append("-" if metrics is None or key not in metrics
-                      else "%.*f" % (digits, metrics[key]))
-    percents = [parameters.get(t.name, {}).get(row) for t in tasks]
-    percents = [p for p in percents if p is not None]
+        if record is None or key not in record["test"]:
+          values.append("-")
+        else:
+          cell = record["test"][key]
+          values.append("%.*f ± %.*f" % (digits, cell["mean"], digits,
+                                         cell["sd"]))
+    if label is None:
+      continue
     if not percents:
       values.append("-")
     elif max(percents) - min(percents) < 0.05:
       values.append("%.2f" % percents[0])
     else:
       values.append(" / ".join("%.2f" % p for p in percents))
-    lines.append("| " + " | ".join(values) + " |")
+    lines.append("| " + " | ".join([label] + values) + " |")
   return "\n".join(lines)
 
 
-def constant_baseline(data_dir, task, num_negatives=99, seed=0, top_k=5):
-  """What a user-independent score reaches (the best constant ranking).
+def write_figures(output_dir, tasks, records, few_label_records, top_k=5):
+  """PNG figures: validation curves, and the metric against labelled users.
 
-  A causal network with `[CLS]` at the start sees no item of the user, so
-  its scores are the same for every user: at best the training split's
-  class/target frequencies. Classification: accuracy of the majority
-  training class. Recommendation: MRR/HR@k of ranking by training
-  frequency against `num_negatives` uniform negatives (our own draw, the
-  same protocol as peterrec_finetune's sampled evaluation; ties counted
-  against the positive).
+  Returns:
+    [paths written].
   """
-  metadata = data_loader.load_metadata(data_dir)
-  frequencies = np.zeros(metadata["target_vocab_size"])
-  counts = metadata.get("train_target_frequencies",
-                        metadata["target_frequencies"])
-  for key, value in (counts.items() if isinstance(counts, dict)
-                     else enumerate(counts)):
-    frequencies[int(key)] = value
-  test_targets = _test_targets(metadata)
-  if task.kind == "classification":
-    best = int(np.argmax(frequencies[1:]) + 1)
-    return {"accuracy": float(np.mean(test_targets == best))}
-  rng = np.random.RandomState(seed)
-  size = metadata["target_vocab_size"]
-  mrr, hits = [], []
-  for target in test_targets:
-    negatives = rng.randint(1, size - 1, size=num_negatives)
-    negatives = negatives + (negatives >= target)  # never the positive
-    better = np.sum(frequencies[negatives] >= frequencies[target])
-    hits.append(float(better < top_k))
-    mrr.append(1.0 / (better + 1) if better < top_k else 0.0)
-  return {"mrr@%d" % top_k: float(np.mean(mrr)),
-          "hr@%d" % top_k: float(np.mean(hits))}
-
-
-def _test_targets(metadata):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  targets = []
-  for record in tf.compat.v1.io.tf_record_iterator(
-      metadata["paths"]["test"]):
-    example = tf.train.Example.FromString(record)
-    targets.append(example.features.feature["target"].int64_list.value[0])
-  return np.asarray(targets)
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  paths = []
+  rows = [r for r in CURVE_ROWS if any(r in records[t.name] for t in tasks)]
+  if rows:
+    figure, axes = pyplot.subplots(1, len(tasks), squeeze=False,
+                                   figsize=(5.5 * len(tasks), 4))
+    for axis, task in zip(axes[0], tasks):
+      key = selection_key(task, top_k)
+      for row in rows:
+        record = records[task.name].get(row)
+        if record is None:
+          continue
+        history = record["validation_histories"][0]
+        axis.plot([h["step"] for h in history],
+                  [h["metrics"][key] for h in history], marker=".",
+                  label="%s (lr %g)" % (record["label"],
+                                        record["chosen_learning_rate"]))
+      axis.set_xlabel("fine-tuning step")
+      axis.set_ylabel("validation %s" % key)
+      axis.set_title("%s: convergence (first seed)" % task.name)
+      axis.grid(alpha=0.3)
+      axis.legend(fontsize=8)
+    figure.tight_layout()
+    paths.append(os.path.join(output_dir, "convergence.png"))
+    figure.savefig(paths[-1], dpi=100)
+    pyplot.close(figure)
+  if few_label_records:
+    figure, axes = pyplot.subplots(1, len(tasks), squeeze=False,
+                                   figsize=(5.5 * len(tasks), 4))
+    for axis, task in zip(axes[0], tasks):
+      key = selection_key(task, top_k)
+      series = few_label_records[task.name]
+      for row, points in series.items():
+        points = sorted(points, key=lambda p: p["num_train_users"])
+        axis.errorbar([p["num_train_users"] for p in points],
+                      [p["test"][key]["mean"] for p in points],
+                      yerr=[p["test"][key]["sd"] for p in points],
+                      marker="o", capsize=3, label=points[0]["label"])
+      axis.set_xscale("log")
+      axis.set_xlabel("labelled training users")
+      axis.set_ylabel("test %s (mean ± sd over seeds)" % key)
+      axis.set_title("%s: few labels" % task.name)
+      axis.grid(alpha=0.3)
+      axis.legend(fontsize=8)
+    figure.tight_layout()
+    paths.append(os.path.join(output_dir, "few_labels.png"))
+    figure.savefig(paths[-1], dpi=100)
+    pyplot.close(figure)
+  return paths
 
 
 # ---------------------------------------------------------------------------
@@ -444,25 +661,7 @@ def _test_targets(metadata):
 # ---------------------------------------------------------------------------
 
 
-def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
-              finetune_csvs=(), classification_tasks=(), methods=None,
-              task_names=None, pretrain_overrides=None,
-              finetune_overrides=None, seed=1, demo_seed=0,
-              demo_options=None, quiet_tf=True, log=print, command=None):
-  """Everything `main` does; returns the results dict (also in results.json).
-
-  `command` is recorded in results.json (main passes its command line).
-  """
-  wall_start = time.time()
-  if dataset not in PROFILES:
-    raise ValueError("dataset must be one of %s, got %r" % (DATASETS,
-                                                             dataset))
-  profile = PROFILES[dataset]
-  methods = list(methods or METHOD_ROWS)
-  unknown = sorted(set(methods) - set(METHOD_ROWS))
-  if unknown:
-    raise ValueError("unknown methods %s (known: %s)" %
-                     (unknown, list(METHOD_ROWS)))
+def _settings(profile, pretrain_overrides, finetune_overrides):
   pretrain_settings = dict(profile["pretrain"])
   pretrain_settings.update({k: v for k, v in (pretrain_overrides or {}).items()
                             if v is not None})
@@ -472,6 +671,105 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
   finetune_settings.update({k: v for k, v in
                             (finetune_overrides or {}).items()
                             if v is not None})
+  return pretrain_settings, finetune_settings
+
+
+def _check_rows(rows):
+  unknown = sorted(set(rows) - set(METHOD_ROWS))
+  if unknown:
+    raise ValueError("unknown methods %s (known: %s)" %
+                     (unknown, list(METHOD_ROWS)))
+
+
+def pretrain_backbones(output_dir, pretrain_data, encoders, settings, seed,
+                       log, command):
+  """Pretrains each backbone the rows need. Returns {encoder: info dict}."""
+  backbones = collections.OrderedDict()
+  for encoder in encoders:
+    model_dir, metrics, seconds, _ = pretrain(
+        output_dir, pretrain_data, settings, seed, log, command, encoder)
+    backbones[encoder] = {
+        "model_dir": model_dir, "metrics": metrics,
+        "seconds_this_run": round(seconds, 1),
+        "checkpoint": checkpoint_lib.resolve_checkpoint(model_dir),
+        "id": _read_json(os.path.join(model_dir, CELL_FILE))}
+  return backbones
+
+
+def few_label_runs(runner, tasks, rows, records, fractions, seeds,
+                   finetune_dirs, finetune_settings):
+  """The few-label rows at each fraction, with each row's chosen rate.
+
+  Returns:
+    {task name: {row key: [point]}}, a point being {"label", "fraction",
+    "num_train_users", "test"}; the full-label point (fraction 1) included.
+  """
+  points = collections.OrderedDict()
+  for task in tasks:
+    series = points[task.name] = collections.OrderedDict()
+    columns = [k for _, k in task_columns(task)]
+    for row in [r for r in FEW_LABEL_ROWS if r in rows]:
+      record = records[task.name][row]
+      full = runner.run(task, row, seeds[0], record["chosen_learning_rate"])
+      series[row] = [{"label": record["label"], "fraction": 1.0,
+                      "num_train_users": full["plan"]["num_train_users"],
+                      "test": record["test"]}]
+      for fraction in fractions:
+        runs = [runner.run(task, row, seed, record["chosen_learning_rate"],
+                           labelled_fraction=fraction) for seed in seeds]
+        series[row].append({
+            "label": record["label"], "fraction": fraction,
+            "num_train_users": runs[0]["plan"]["num_train_users"],
+            "learning_rate": record["chosen_learning_rate"],
+            "test": summarize_seeds([r["metrics"] for r in runs], columns)})
+    linear = series["linear"] = []
+    for fraction in [1.0] + list(fractions):
+      rows_of = calibration(task, finetune_dirs[task.name], finetune_settings,
+                            seeds, labelled_fraction=fraction)
+      linear.append({"label": CALIBRATION_ROWS["linear"],
+                     "fraction": fraction,
+                     "num_train_users": rows_of["num_train_users"],
+                     "test": rows_of["linear"]["test"]})
+  return points
+
+
+def few_label_table(tasks, points, fraction):
+  """format_table of the few-label rows at one fraction."""
+  records = {t.name: {row: next(p for p in series if p["fraction"] == fraction)
+                      for row, series in points[t.name].items()}
+             for t in tasks}
+  rows = list(points[tasks[0].name])
+  return format_table(tasks, rows, records)
+
+
+def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
+              finetune_csvs=(), classification_tasks=(), methods=None,
+              task_names=None, pretrain_overrides=None,
+              finetune_overrides=None, learning_rates=None, seeds=None,
+              few_label_fractions=None, pretrain_seed=1, demo_seed=0,
+              demo_options=None, figures=True, quiet_tf=True, log=print,
+              command=None):
+  """Everything `main` does; returns the results dict (also in results.json).
+
+  `command` is recorded in results.json (main passes its command line).
+  None for methods, learning_rates, seeds and few_label_fractions means
+  the dataset profile's.
+  """
+  wall_start = time.time()
+  if dataset not in PROFILES:
+    raise ValueError("dataset must be one of %s, got %r" % (DATASETS,
+                                                             dataset))
+  profile = PROFILES[dataset]
+  rows = list(methods or profile["rows"])
+  _check_rows(rows)
+  learning_rates = [float(lr) for lr in
+                    (learning_rates or profile["learning_rates"])]
+  seeds = [int(s) for s in (seeds or profile["seeds"])]
+  fractions = [float(f) for f in (profile["few_label_fractions"]
+                                  if few_label_fractions is None
+                                  else few_label_fractions)]
+  pretrain_settings, finetune_settings = _settings(
+      profile, pretrain_overrides, finetune_overrides)
   os.makedirs(output_dir, exist_ok=True)
   if quiet_tf:
     logging.set_verbosity(logging.WARNING)
@@ -490,89 +788,91 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
     tasks = [t for t in tasks if t.name in task_names]
   pretrain_data, finetune_dirs = convert_datasets(
       output_dir, csv_path, tasks, profile["pretrain_test_fraction"],
-      profile["finetune_test_fraction"])
+      profile["finetune_test_fraction"], profile["split_by"])
   data = {"pretrain": _data_summary(pretrain_data)}
   for task in tasks:
     data[task.name] = _data_summary(finetune_dirs[task.name])
-    log("[%s] task %s (%s): %d training / %d test examples, %d targets" %
-        (dataset, task.name, task.kind, data[task.name]["num_train"],
-         data[task.name]["num_test"], data[task.name]["target_vocab_size"] - 1))
+    log("[%s] task %s (%s): %d training / %d test examples, %d targets, "
+        "split by %s" % (dataset, task.name, task.kind,
+                         data[task.name]["num_train"],
+                         data[task.name]["num_test"],
+                         data[task.name]["target_vocab_size"] - 1,
+                         profile["split_by"]))
 
-  model_dir, pretrain_metrics, pretrain_seconds, _ = pretrain(
-      output_dir, pretrain_data, pretrain_settings, seed, log, command)
-  checkpoint = peterrec_finetune.checkpoint_lib.resolve_checkpoint(model_dir)
-  backbone_id = _read_json(os.path.join(model_dir, CELL_FILE))
-
-  cells = collections.OrderedDict((t.name, collections.OrderedDict())
-                                  for t in tasks)
-  parameters = collections.OrderedDict((t.name, collections.OrderedDict())
-                                       for t in tasks)
-  figures = collections.OrderedDict((t.name, collections.OrderedDict())
-                                    for t in tasks)
-  total = len(tasks) * len(methods)
-  index = 0
+  encoders = [e for e in ("nextitnet", "grec")
+              if any(METHOD_ROWS[r].backbone == e for r in rows)]
+  backbones = pretrain_backbones(output_dir, pretrain_data, encoders,
+                                 pretrain_settings, pretrain_seed, log,
+                                 command)
+  runner = Runner(output_dir, finetune_dirs, data,
+                  {e: b["checkpoint"] for e, b in backbones.items()},
+                  {e: b["id"] for e, b in backbones.items()},
+                  finetune_settings, log)
+  records = collections.OrderedDict()
   for task in tasks:
-    for row in methods:
-      index += 1
-      label, method, insertion = METHOD_ROWS[row]
-      cell_dir = os.path.join(output_dir, "cells", task.name, row)
-      options = cell_options(task, method, insertion, finetune_dirs[task.name],
-                             cell_dir, checkpoint, finetune_settings, seed)
-      fingerprint = dict(
-          {k: v for k, v in options.items()
-           if k not in ("output_dir", "data_dir", "init_checkpoint")},
-          data=data[task.name]["fingerprint"], backbone=backbone_id,
-          checkpoint=os.path.basename(checkpoint))
-      log("[%d/%d] %s / %s: %d steps of batch %d ..." %
-          (index, total, task.name, label, options["num_train_steps"],
-           options["train_batch_size"]))
-      metrics, seconds, skipped = run_cell(options, fingerprint)
-      report = _read_json(os.path.join(cell_dir,
-                                       peterrec_finetune.PARAMETERS_FILE))
-      cells[task.name][row] = metrics["metrics"]
-      parameters[task.name][row] = report["trainable_percent"]
-      figures[task.name][row] = {
-          "label": label, "method": method, "insertion": metrics["insertion"],
-          "metrics": metrics["metrics"], "num_test": metrics["num_test"],
-          "global_step": metrics["global_step"],
-          "trainable_parameters": report["trainable_parameters"],
-          "total_parameters": report["total_parameters"],
-          "trainable_percent": report["trainable_percent"],
-          "parameters_by_group": report["parameters_by_group"],
-      }
-      timing_path = os.path.join(cell_dir, "timing.json")
-      if not skipped:
-        training_utils.write_json_atomic(timing_path, {"seconds": seconds})
-      figures[task.name][row]["seconds"] = round(
-          (_read_json(timing_path) or {}).get("seconds", float("nan")), 1)
-      shown = ", ".join("%s %.4f" % (k, metrics["metrics"][k])
-                        for _, k in task_columns(task))
-      log("[%d/%d] %s / %s: %s%s" % (
-          index, total, task.name, label, shown,
-          " (done already, skipped)" if skipped else
-          " (%.0f s)" % seconds))
+    log("[%s] task %s: calibration rows" % (dataset, task.name))
+    calibrated = calibration(task, finetune_dirs[task.name],
+                             finetune_settings, seeds)
+    records[task.name] = collections.OrderedDict(
+        (row, calibrated[row]) for row in CALIBRATION_ROWS)
+    for index, row in enumerate(rows):
+      log("[%s] task %s, row %d/%d: %s (learning rates %s, seeds %s)" % (
+          dataset, task.name, index + 1, len(rows), METHOD_ROWS[row].label,
+          learning_rates, seeds))
+      records[task.name][row] = runner.select_and_repeat(
+          task, row, learning_rates, seeds)
+  few_labels = None
+  if fractions:
+    log("[%s] few labels: %s of the training users" % (dataset, fractions))
+    few_labels = few_label_runs(runner, tasks, rows, records, fractions,
+                                seeds, finetune_dirs, finetune_settings)
+  figure_paths = (write_figures(output_dir, tasks, records, few_labels)
+                  if figures else [])
 
-  reference = collections.OrderedDict(
-      (t.name, constant_baseline(finetune_dirs[t.name], t)) for t in tasks)
-  table = format_table(tasks, methods, cells, parameters)
+  table_rows = list(CALIBRATION_ROWS) + rows
+  table = format_table(tasks, table_rows, records)
   wall = time.time() - wall_start
-  title = ("%s: %s; full test splits (%s); backbone NextItNet, %d channels, "
-           "pretrained %d steps" % (
+  title = ("%s: %s; test splits %s (split by %s); backbones %s, %d "
+           "channels, pretrained %d steps" % (
                dataset, ", ".join("%s = %s" % (t.name, t.kind)
                                   for t in tasks),
                ", ".join("%s %d" % (t.name, data[t.name]["num_test"])
-                         for t in tasks),
-               pretrain_settings["channels"],
+                         for t in tasks), profile["split_by"],
+               "/".join(encoders), pretrain_settings["channels"],
                pretrain_settings["train_steps"]))
-  notes = ["Recommendation: MRR@5/HR@5 of the positive among it and 99 "
-           "uniformly sampled negative targets; classification: accuracy "
-           "over all classes. Trainable % counts the head.",
-           "User-independent reference (majority class / training "
-           "popularity; the best a causal [CLS]-at-start model can do): " +
-           "; ".join("%s %s" % (name, ", ".join(
-               "%s %.4f" % (k, v) for k, v in values.items()))
-                     for name, values in reference.items())]
+  notes = [
+      "Mean ± sample standard deviation over seeds %s (initialisation, "
+      "shuffling, negatives); the standard error of a mean is sd/sqrt(%d)."
+      % (seeds, len(seeds)),
+      "Protocol: %d%% of the training users are a validation split (seed "
+      "%d); every run keeps its best validation checkpoint (validated every "
+      "%s steps, at most %d steps, early stop after %s validations below "
+      "the best); each row's learning rate is the one of %s with the best "
+      "validation %s on seed %d. Chosen: %s." % (
+          100 * finetune_settings["validation_fraction"],
+          finetune_settings["split_seed"],
+          finetune_settings.get("eval_every_steps") or "a tenth of the",
+          finetune_settings["num_train_steps"],
+          finetune_settings.get("early_stopping_patience") or "no",
+          learning_rates, "/".join(sorted({selection_key(t) for t in tasks})),
+          seeds[0], "; ".join(
+              "%s %s %g" % (t.name, records[t.name][r]["label"],
+                            records[t.name][r]["chosen_learning_rate"])
+              for t in tasks for r in rows)),
+      "Recommendation: MRR@5/HR@5 of the positive among it and 99 uniformly "
+      "sampled negative targets; classification: accuracy over all classes. "
+      "Trainable % counts the head.",
+      "Calibration rows are not methods of the paper: the user-independent "
+      "reference (majority class / training popularity: the ceiling of the "
+      "causal [CLS]-at-start ablation) and a linear bag-of-source-items "
+      "model tuned on the same validation split (baselines.py).",
+  ]
   text = "\n".join([title, "", table, ""] + notes) + "\n"
+  if few_labels:
+    for fraction in fractions:
+      text += "\nFew labels: %g of the training users (validation and test " \
+              "splits unchanged; each row's chosen learning rate)\n\n%s\n" % (
+                  fraction, few_label_table(tasks, few_labels, fraction))
   training_utils.write_text_atomic(os.path.join(output_dir, TABLE_FILE), text)
   results = {
       "dataset": dataset,
@@ -580,28 +880,33 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
           "reproduce_tables.reproduce", dataset=dataset,
           output_dir=output_dir, methods=methods, task_names=task_names,
           pretrain_overrides=pretrain_overrides,
-          finetune_overrides=finetune_overrides, seed=seed,
+          finetune_overrides=finetune_overrides,
+          learning_rates=learning_rates, seeds=seeds,
+          few_label_fractions=fractions, pretrain_seed=pretrain_seed,
           demo_seed=demo_seed, demo_options=demo_options),
       "tasks": [t._asdict() for t in tasks],
-      "methods": methods,
-      "pretrain": {"settings": pretrain_settings, "metrics": pretrain_metrics,
-                   "seconds_this_run": round(pretrain_seconds, 1),
-                   "model_dir": model_dir},
+      "methods": rows,
+      "pretrain": {"settings": pretrain_settings, "backbones": backbones},
       "finetune_settings": finetune_settings,
-      "seed": seed,
+      "learning_rates": learning_rates,
+      "seeds": seeds,
+      "split_by": profile["split_by"],
       "data": data,
-      "cells": figures,
-      "user_independent_reference": reference,
+      "rows": records,
+      "few_labels": few_labels,
+      "figures": figure_paths,
       "table_markdown": table,
+      "finetune_runs_this_run": runner.count,
+      "finetune_seconds_this_run": round(runner.seconds, 1),
       "wall_seconds_this_run": round(wall, 1),
   }
   training_utils.write_json_atomic(os.path.join(output_dir, RESULTS_FILE),
                                    results)
   log("")
   log(text)
-  log("Table: %s; all figures: %s; wall time of this run %.0f s" % (
-      os.path.join(output_dir, TABLE_FILE),
-      os.path.join(output_dir, RESULTS_FILE), wall))
+  log("Table: %s; figures: %s; all figures: %s; wall time of this run %.0f s"
+      % (os.path.join(output_dir, TABLE_FILE), ", ".join(figure_paths) or "-",
+         os.path.join(output_dir, RESULTS_FILE), wall))
   return results
 
 
@@ -634,22 +939,29 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_list("classification_tasks", [], "custom: the tasks whose "
                     "targets are class labels (others: recommendation).",
                     **fv)
-  flags.DEFINE_list("methods", list(METHOD_ROWS), "Table rows.", **fv)
+  flags.DEFINE_list("methods", None, "Table rows (default: the dataset's; "
+                    "known: %s)." % ", ".join(METHOD_ROWS), **fv)
   flags.DEFINE_list("tasks", [], "Only these tasks (default: all).", **fv)
+  flags.DEFINE_list("learning_rates", None, "Fine-tuning learning-rate grid, "
+                    "chosen per row on validation (default: the dataset's).",
+                    **fv)
+  flags.DEFINE_list("seeds", None, "Fine-tuning seeds of every row "
+                    "(default: the dataset's).", **fv)
+  flags.DEFINE_list("few_label_fractions", None, "Few-label runs at these "
+                    "fractions of the training users (default: the "
+                    "dataset's; empty: none).", **fv)
   flags.DEFINE_integer("pretrain_steps", None, "Pretraining steps "
                        "(default: the dataset's profile).", **fv)
   flags.DEFINE_integer("channels", None, "Backbone channels.", **fv)
   flags.DEFINE_list("dilations", None, "Backbone dilations.", **fv)
   flags.DEFINE_integer("pretrain_batch_size", None, "Pretraining batch.",
                        **fv)
-  flags.DEFINE_integer("finetune_steps", None, "Fine-tuning steps per cell.",
+  flags.DEFINE_integer("pretrain_seed", 1, "Seed of the pretraining runs.",
                        **fv)
+  flags.DEFINE_integer("finetune_steps", None, "Most fine-tuning steps of "
+                       "a run (early stopping may end it sooner).", **fv)
   flags.DEFINE_integer("finetune_batch_size", None, "Fine-tuning batch.",
                        **fv)
-  flags.DEFINE_float("finetune_learning_rate", None, "Fine-tuning Adam "
-                     "learning rate.", **fv)
-  flags.DEFINE_integer("seed", 1, "Seed of pretraining and fine-tuning "
-                       "(initializers, shuffles, negatives).", **fv)
   flags.DEFINE_integer("demo_seed", 0, "demo: the generated world's seed.",
                        **fv)
 
@@ -667,11 +979,12 @@ def main(argv):
                           "channels": f.channels, "dilations": f.dilations,
                           "batch_size": f.pretrain_batch_size},
       finetune_overrides={"num_train_steps": f.finetune_steps,
-                          "train_batch_size": f.finetune_batch_size,
-                          "learning_rate": f.finetune_learning_rate},
-      seed=f.seed, demo_seed=f.demo_seed,
+                          "train_batch_size": f.finetune_batch_size},
+      learning_rates=f.learning_rates, seeds=f.seeds,
+      few_label_fractions=(None if f.few_label_fractions is None else
+                           [x for x in f.few_label_fractions if x]),
+      pretrain_seed=f.pretrain_seed, demo_seed=f.demo_seed,
       command=" ".join(["python"] + sys.argv))
-
 
 if __name__ == "__main__":
   define_flags()
