@@ -34,8 +34,10 @@ configuration), continues an interrupted one from its last checkpoint, and
 redoes a cell whose configuration changed.
 """
 import collections
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -121,12 +123,13 @@ PROFILES = {
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.5,
         "split_by": "row",
+        "parallel_runs": 2,
     },
     "movielens-1m": {
         "pretrain": dict(_REAL_PRETRAIN),
         "finetune": dict(_COMMON_FINETUNE, train_batch_size=128,
-                         num_train_steps=600, eval_every_steps=50,
-                         early_stopping_patience=4),
+                         num_train_steps=500, eval_every_steps=25,
+                         early_stopping_patience=6),
         "learning_rates": [0.001, 0.0001],
         "seeds": [1, 2, 3],
         "few_label_fractions": [0.1],
@@ -134,12 +137,13 @@ PROFILES = {
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.2,
         "split_by": "user",
+        "parallel_runs": 2,
     },
     "amazon-afk": {
         "pretrain": dict(_REAL_PRETRAIN),
         "finetune": dict(_COMMON_FINETUNE, train_batch_size=512,
-                         num_train_steps=420, eval_every_steps=35,
-                         early_stopping_patience=4),
+                         num_train_steps=600, eval_every_steps=40,
+                         early_stopping_patience=5),
         "learning_rates": [0.001, 0.0001],
         "seeds": [1, 2, 3],
         "few_label_fractions": [0.1],
@@ -147,6 +151,7 @@ PROFILES = {
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.2,
         "split_by": "user",
+        "parallel_runs": 2,
     },
     "custom": {
         "pretrain": dict(_REAL_PRETRAIN),
@@ -425,79 +430,157 @@ def summarize_seeds(per_seed, keys):
   return summary
 
 
+def _quiet_worker():
+  """Initializer of the worker processes: TensorFlow's warnings only."""
+  logging.set_verbosity(logging.WARNING)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
+
+
+Request = collections.namedtuple("Request", ["task", "row", "seed",
+                                             "learning_rate",
+                                             "labelled_fraction"])
+
+
 class Runner(object):
-  """Runs (or finds done) the fine-tuning runs of one table, logging each."""
+  """Runs (or finds done) the fine-tuning runs of one table, logging each.
+
+  With `workers` > 1 the runs of a batch go to that many worker processes
+  (one thread each); on 2 cores two single-threaded runs finish sooner
+  than two runs one after the other with two threads each.
+  """
 
   def __init__(self, output_dir, finetune_dirs, data, checkpoints,
-               backbone_ids, finetune_settings, log):
+               backbone_ids, finetune_settings, log, workers=1):
     self.output_dir = output_dir
     self.finetune_dirs = finetune_dirs
     self.data = data
     self.checkpoints = checkpoints
     self.backbone_ids = backbone_ids
-    self.settings = finetune_settings
+    self.settings = dict(finetune_settings)
+    if workers > 1:
+      self.settings.update(intra_op_threads=1, inter_op_threads=1)
     self.log = log
+    self.workers = workers
     self.count = 0
     self.seconds = 0.0
+    self.started = time.time()
 
-  def run(self, task, row_key, seed, learning_rate, labelled_fraction=1.0):
-    """One fine-tuning run; returns its metrics.json dict."""
-    row = METHOD_ROWS[row_key]
-    name = "lr%g-seed%d" % (learning_rate, seed)
-    if labelled_fraction < 1.0:
-      name = "labels%g-" % labelled_fraction + name
-    cell_dir = os.path.join(self.output_dir, "cells", task.name, row_key,
+  def _prepare(self, request):
+    task, row = request.task, METHOD_ROWS[request.row]
+    name = "lr%g-seed%d" % (request.learning_rate, request.seed)
+    if request.labelled_fraction < 1.0:
+      name = "labels%g-" % request.labelled_fraction + name
+    cell_dir = os.path.join(self.output_dir, "cells", task.name, request.row,
                             name)
     checkpoint = self.checkpoints[row.backbone]
     options = cell_options(task, row, self.finetune_dirs[task.name], cell_dir,
-                           checkpoint, self.settings, seed, learning_rate,
-                           labelled_fraction)
+                           checkpoint, self.settings, request.seed,
+                           request.learning_rate, request.labelled_fraction)
     fingerprint = dict(
         {k: v for k, v in options.items()
-         if k not in ("output_dir", "data_dir", "init_checkpoint")},
+         if k not in ("output_dir", "data_dir", "init_checkpoint",
+                      "intra_op_threads", "inter_op_threads")},
         data=self.data[task.name]["fingerprint"],
         backbone=self.backbone_ids[row.backbone],
         checkpoint=os.path.basename(checkpoint))
-    metrics, seconds, skipped = run_cell(options, fingerprint)
+    return options, fingerprint, name
+
+  def run_many(self, requests):
+    """Runs a batch of independent requests; returns their results in order.
+
+    A result is the run's metrics.json dict plus trainable_percent.
+    """
+    prepared = [self._prepare(r) for r in requests]
+    if self.workers > 1 and len(requests) > 1:
+      context = multiprocessing.get_context("spawn")
+      with concurrent.futures.ProcessPoolExecutor(
+          self.workers, mp_context=context,
+          initializer=_quiet_worker) as pool:
+        futures = [pool.submit(run_cell, options, fingerprint)
+                   for options, fingerprint, _ in prepared]
+        outcomes = []
+        for request, (options, _, name), future in zip(requests, prepared,
+                                                      futures):
+          outcomes.append(self._finish(request, options, name,
+                                       future.result(), len(requests)))
+        return outcomes
+    return [self._finish(request, options, name,
+                         run_cell(options, fingerprint), len(requests))
+            for request, (options, fingerprint, name) in zip(requests,
+                                                             prepared)]
+
+  def _finish(self, request, options, name, outcome, batch_size):
+    metrics, seconds, skipped = outcome
     self.count += 1
     self.seconds += seconds
-    key = selection_key(task)
+    key = selection_key(request.task)
     best = metrics["validation"]["best"]
-    self.log("  %s / %s / %s: validation %s %.4f at step %d, test %s %.4f%s"
-             % (task.name, row.label, name, key, best["metrics"][key],
-                best["step"], key, metrics["metrics"][key],
-                " (done already)" if skipped else " (%.0f s)" % seconds))
-    report = _read_json(os.path.join(cell_dir,
+    self.log("  [%d run(s) done, %.0f s] %s / %s / %s: validation %s %.4f "
+             "at step %d, test %s %.4f%s" % (
+                 self.count, time.time() - self.started, request.task.name,
+                 METHOD_ROWS[request.row].label, name, key,
+                 best["metrics"][key], best["step"], key,
+                 metrics["metrics"][key],
+                 " (done already)" if skipped else " (%.0f s)" % seconds))
+    report = _read_json(os.path.join(options["output_dir"],
                                      peterrec_finetune.PARAMETERS_FILE))
-    return dict(metrics, trainable_percent=report["trainable_percent"],
-                seconds=seconds if not skipped else None)
+    return dict(metrics, trainable_percent=report["trainable_percent"])
 
-  def select_and_repeat(self, task, row_key, learning_rates, seeds):
-    """The learning rate with the best validation metric on the first seed,
-    then every seed with it. Returns the row's record for results.json."""
-    key = selection_key(task)
-    grid = collections.OrderedDict()
-    runs = {}
-    for learning_rate in learning_rates:
-      runs[learning_rate] = self.run(task, row_key, seeds[0], learning_rate)
-      grid[learning_rate] = runs[learning_rate]["validation"]["best"][
-          "metrics"][key]
-    chosen = max(grid, key=lambda lr: (grid[lr], -learning_rates.index(lr)))
-    per_seed = [runs[chosen]] + [self.run(task, row_key, seed, chosen)
-                                 for seed in seeds[1:]]
-    columns = [k for _, k in task_columns(task)]
-    return {
-        "label": METHOD_ROWS[row_key].label,
-        "learning_rate_grid": {"%g" % lr: v for lr, v in grid.items()},
-        "validation_metric": key,
-        "chosen_learning_rate": chosen,
-        "seeds": list(seeds),
-        "test": summarize_seeds([r["metrics"] for r in per_seed], columns),
-        "best_steps": [r["validation"]["best"]["step"] for r in per_seed],
-        "validation_histories": [r["validation"]["history"]
-                                 for r in per_seed],
-        "trainable_percent": per_seed[0]["trainable_percent"],
-    }
+  def select_and_repeat(self, tasks, rows, learning_rates, seeds):
+    """For every task and row: the learning rate with the best validation
+    metric on the first seed, then every seed with it.
+
+    Returns:
+      {task name: {row key: record for results.json}}.
+    """
+    pairs = [(task, row) for task in tasks for row in rows]
+    self.log("grid: %d runs (%d rows x %d learning rates, seed %d)" % (
+        len(pairs) * len(learning_rates), len(pairs), len(learning_rates),
+        seeds[0]))
+    grid_runs = self.run_many([Request(task, row, seeds[0], lr, 1.0)
+                               for task, row in pairs
+                               for lr in learning_rates])
+    chosen = {}
+    grids = {}
+    for index, (task, row) in enumerate(pairs):
+      runs = grid_runs[index * len(learning_rates):
+                       (index + 1) * len(learning_rates)]
+      key = selection_key(task)
+      grid = collections.OrderedDict(
+          (lr, run["validation"]["best"]["metrics"][key])
+          for lr, run in zip(learning_rates, runs))
+      best_lr = max(grid, key=lambda lr: (grid[lr],
+                                          -learning_rates.index(lr)))
+      chosen[task.name, row] = (best_lr, runs[learning_rates.index(best_lr)])
+      grids[task.name, row] = grid
+    self.log("seeds: %d runs (%d rows x seeds %s at the chosen rates)" % (
+        len(pairs) * (len(seeds) - 1), len(pairs), seeds[1:]))
+    seed_runs = self.run_many([Request(task, row, seed,
+                                       chosen[task.name, row][0], 1.0)
+                               for task, row in pairs for seed in seeds[1:]])
+    records = collections.OrderedDict((t.name, collections.OrderedDict())
+                                      for t in tasks)
+    for index, (task, row) in enumerate(pairs):
+      best_lr, first = chosen[task.name, row]
+      per_seed = [first] + seed_runs[index * (len(seeds) - 1):
+                                     (index + 1) * (len(seeds) - 1)]
+      columns = [k for _, k in task_columns(task)]
+      records[task.name][row] = {
+          "label": METHOD_ROWS[row].label,
+          "learning_rate_grid": {"%g" % lr: v
+                                 for lr, v in grids[task.name, row].items()},
+          "validation_metric": selection_key(task),
+          "chosen_learning_rate": best_lr,
+          "seeds": list(seeds),
+          "test": summarize_seeds([r["metrics"] for r in per_seed], columns),
+          "best_steps": [r["validation"]["best"]["step"] for r in per_seed],
+          "validation_histories": [r["validation"]["history"]
+                                   for r in per_seed],
+          "trainable_percent": per_seed[0]["trainable_percent"],
+          "num_train_users": per_seed[0]["plan"]["num_train_users"],
+      }
+    return records
 
 
 def calibration(task, data_dir, finetune_settings, seeds, labelled_fraction=1.0,
@@ -704,24 +787,30 @@ def few_label_runs(runner, tasks, rows, records, fractions, seeds,
     {task name: {row key: [point]}}, a point being {"label", "fraction",
     "num_train_users", "test"}; the full-label point (fraction 1) included.
   """
+  few_rows = [r for r in FEW_LABEL_ROWS if r in rows]
+  requests = [Request(task, row, seed,
+                      records[task.name][row]["chosen_learning_rate"],
+                      fraction)
+              for task in tasks for row in few_rows for fraction in fractions
+              for seed in seeds]
+  runs = iter(runner.run_many(requests))
   points = collections.OrderedDict()
   for task in tasks:
     series = points[task.name] = collections.OrderedDict()
     columns = [k for _, k in task_columns(task)]
-    for row in [r for r in FEW_LABEL_ROWS if r in rows]:
+    for row in few_rows:
       record = records[task.name][row]
-      full = runner.run(task, row, seeds[0], record["chosen_learning_rate"])
       series[row] = [{"label": record["label"], "fraction": 1.0,
-                      "num_train_users": full["plan"]["num_train_users"],
+                      "num_train_users": record["num_train_users"],
                       "test": record["test"]}]
       for fraction in fractions:
-        runs = [runner.run(task, row, seed, record["chosen_learning_rate"],
-                           labelled_fraction=fraction) for seed in seeds]
+        per_seed = [next(runs) for _ in seeds]
         series[row].append({
             "label": record["label"], "fraction": fraction,
-            "num_train_users": runs[0]["plan"]["num_train_users"],
+            "num_train_users": per_seed[0]["plan"]["num_train_users"],
             "learning_rate": record["chosen_learning_rate"],
-            "test": summarize_seeds([r["metrics"] for r in runs], columns)})
+            "test": summarize_seeds([r["metrics"] for r in per_seed],
+                                    columns)})
     linear = series["linear"] = []
     for fraction in [1.0] + list(fractions):
       rows_of = calibration(task, finetune_dirs[task.name], finetune_settings,
@@ -747,8 +836,8 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
               task_names=None, pretrain_overrides=None,
               finetune_overrides=None, learning_rates=None, seeds=None,
               few_label_fractions=None, pretrain_seed=1, demo_seed=0,
-              demo_options=None, figures=True, quiet_tf=True, log=print,
-              command=None):
+              demo_options=None, figures=True, workers=None, quiet_tf=True,
+              log=print, command=None):
   """Everything `main` does; returns the results dict (also in results.json).
 
   `command` is recorded in results.json (main passes its command line).
@@ -807,20 +896,17 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
   runner = Runner(output_dir, finetune_dirs, data,
                   {e: b["checkpoint"] for e, b in backbones.items()},
                   {e: b["id"] for e, b in backbones.items()},
-                  finetune_settings, log)
-  records = collections.OrderedDict()
+                  finetune_settings, log,
+                  workers=profile.get("parallel_runs", 1) if workers is None
+                  else workers)
+  records = runner.select_and_repeat(tasks, rows, learning_rates, seeds)
   for task in tasks:
     log("[%s] task %s: calibration rows" % (dataset, task.name))
     calibrated = calibration(task, finetune_dirs[task.name],
                              finetune_settings, seeds)
     records[task.name] = collections.OrderedDict(
-        (row, calibrated[row]) for row in CALIBRATION_ROWS)
-    for index, row in enumerate(rows):
-      log("[%s] task %s, row %d/%d: %s (learning rates %s, seeds %s)" % (
-          dataset, task.name, index + 1, len(rows), METHOD_ROWS[row].label,
-          learning_rates, seeds))
-      records[task.name][row] = runner.select_and_repeat(
-          task, row, learning_rates, seeds)
+        [(row, calibrated[row]) for row in CALIBRATION_ROWS] +
+        list(records[task.name].items()))
   few_labels = None
   if fractions:
     log("[%s] few labels: %s of the training users" % (dataset, fractions))

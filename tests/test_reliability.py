@@ -135,7 +135,11 @@ def test_finetune_kill_and_rerun_resumes(tmp_path):
   assert checkpoint_steps(output_dir)[-1] == train_steps
   with open(os.path.join(output_dir, ft.METRICS_FILE)) as f:
     metrics = json.load(f)
-  assert metrics["global_step"] == train_steps
+  # Validation went on where it stopped: one history over both processes,
+  # up to the last step, and the test metrics are the best step's.
+  steps = [h["step"] for h in metrics["validation"]["history"]]
+  assert steps == sorted(set(steps)) and steps[-1] == train_steps
+  assert metrics["global_step"] == metrics["validation"]["best"]["step"]
   assert 0.0 <= metrics["metrics"]["hr@5"] <= 1.0
   # The task patch is complete and no staging directory is left behind.
   patch = os.path.join(output_dir, ft.TASK_PATCH_DIR)
@@ -151,7 +155,8 @@ def test_kill_during_task_patch_export_never_leaves_half_a_patch(tmp_path):
   options = dict(ft.default_options(), data_dir=data_dir,
                  output_dir=output_dir, method="peterzero", channels=8,
                  dilations=["1", "2"], num_train_steps=5, train_batch_size=8,
-                 num_eval_negatives=9, do_eval=False, tf_random_seed=1)
+                 num_eval_negatives=9, do_eval=False, tf_random_seed=1,
+                 validation_fraction=0.0)  # the last checkpoint is exported
   first = ft.run(options)["task_patch"]
   patch = os.path.join(output_dir, ft.TASK_PATCH_DIR)
   # Simulate a process killed mid-export: its staging directory is left.
@@ -301,7 +306,8 @@ def test_out_of_range_target_id_is_an_error(tmp_path):
   metadata = data_loader.load_metadata(data_dir)
   size = metadata["target_vocab_size"]
   _rewrite_records(metadata["paths"]["train"], [
-      {"source": [1] * metadata["source_length"], "target": [size]}] * 16)
+      {"source": [1] * metadata["source_length"], "target": [size],
+       "user": [user]} for user in range(16)])
   options = dict(ft.default_options(), data_dir=data_dir,
                  output_dir=str(tmp_path / "out"), method="peterzero",
                  channels=8, dilations=["1", "2"], num_train_steps=2,

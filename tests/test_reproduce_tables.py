@@ -1,5 +1,7 @@
-"""reproduce_tables end to end on a tiny demo world: the table's shape, a
-number in every cell, and a rerun that skips the cells already done."""
+"""reproduce_tables end to end on a tiny demo world: the table's shape, mean ±
+sd in every cell, the learning rate chosen on validation, the calibration,
+GRec, [CLS]-at-start and few-label rows, the figures, and a rerun that skips
+the runs already done."""
 import json
 import os
 import re
@@ -14,19 +16,32 @@ TINY_WORLD = {"num_groups": 2, "items_per_group": 12, "source_length": 6,
               "targets_per_group": 5, "max_targets": 2}
 TINY_PRETRAIN = {"channels": 8, "dilations": [1, 2], "batch_size": 8,
                  "train_steps": 3}
-TINY_FINETUNE = {"num_train_steps": 2, "train_batch_size": 8,
-                 "eval_batch_size": 64}
+TINY_FINETUNE = {"num_train_steps": 4, "train_batch_size": 8,
+                 "eval_batch_size": 64, "eval_every_steps": 4,
+                 "validation_fraction": 0.25}
+METHODS = ["peterrec_serial", "grec_peterrec_parallel", "peterrec_cls_start",
+           "fineall"]
+LEARNING_RATES = [0.01, 0.001]
+SEEDS = [1, 2]
 
 
-def reproduce(output_dir, log):
-  return rt.reproduce("demo", output_dir, demo_options=TINY_WORLD,
-                      pretrain_overrides=TINY_PRETRAIN,
-                      finetune_overrides=TINY_FINETUNE, log=log.append)
+def reproduce(output_dir, log, **overrides):
+  options = dict(demo_options=TINY_WORLD, pretrain_overrides=TINY_PRETRAIN,
+                 finetune_overrides=TINY_FINETUNE, methods=METHODS,
+                 learning_rates=LEARNING_RATES, seeds=SEEDS,
+                 few_label_fractions=[0.5], log=log.append)
+  options.update(overrides)
+  return rt.reproduce("demo", output_dir, **options)
 
 
 def parse_table(text):
-  """The markdown table's rows as lists of cells (header first)."""
-  lines = [l for l in text.splitlines() if l.startswith("|")]
+  """The first markdown table's rows as lists of cells (header first)."""
+  lines = []
+  for line in text.splitlines():
+    if line.startswith("|"):
+      lines.append(line)
+    elif lines:
+      break
   rows = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
   return rows[0], rows[2:]
 
@@ -40,58 +55,79 @@ def first_run(tmp_path_factory):
 
 
 def test_table_shape_and_numbers(first_run):
-  output_dir, results, log = first_run
+  output_dir, results, _ = first_run
   with open(os.path.join(output_dir, rt.TABLE_FILE)) as f:
-    header, rows = parse_table(f.read())
+    text = f.read()
+  header, rows = parse_table(text)
   # Demo tasks: group (accuracy), coldstart (MRR@5, HR@5); + trainable %.
   assert header == ["method", "group Acc", "coldstart MRR@5",
                     "coldstart HR@5", "trainable %"]
-  assert [r[0] for r in rows] == [label for label, _, _ in
-                                  rt.METHOD_ROWS.values()]
+  assert [r[0] for r in rows] == (list(rt.CALIBRATION_ROWS.values()) +
+                                  [rt.METHOD_ROWS[m].label for m in METHODS])
   for row in rows:
     assert len(row) == len(header)
     for cell in row[1:-1]:
-      value = float(cell)
-      assert 0.0 <= value <= 1.0, row
-    for percent in row[-1].split(" / "):
-      assert 0.0 < float(percent) <= 100.0, row
+      mean, sd = [float(x) for x in cell.split(" ± ")]
+      assert 0.0 <= mean <= 1.0 and sd >= 0.0, row
   fineall = rows[[r[0] for r in rows].index("FineAll")]
   assert fineall[-1] == "100.00"
-  # results.json holds every figure.
+  assert "Few labels: 0.5 of the training users" in text
+  for name in ("convergence.png", "few_labels.png"):
+    with open(os.path.join(output_dir, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learning_rate_chosen_on_validation_and_seeds_summarized(first_run):
+  output_dir, results, _ = first_run
   with open(os.path.join(output_dir, rt.RESULTS_FILE)) as f:
     stored = json.load(f)
   assert stored["table_markdown"] == results["table_markdown"]
   for task in ("group", "coldstart"):
-    assert sorted(stored["cells"][task]) == sorted(rt.METHOD_ROWS)
-    for cell in stored["cells"][task].values():
-      assert cell["num_test"] == stored["data"][task]["num_test"] > 0
-      assert cell["global_step"] == TINY_FINETUNE["num_train_steps"]
-  # Progress across cells: [k/14] for every cell.
-  done = [l for l in log if re.match(r"\[\d+/14\] .*: (accuracy|mrr)", l)]
-  assert len(done) == 14
+    records = stored["rows"][task]
+    assert sorted(records) == sorted(list(rt.CALIBRATION_ROWS) + METHODS)
+    for method in METHODS:
+      record = records[method]
+      grid = record["learning_rate_grid"]
+      assert sorted(float(lr) for lr in grid) == sorted(LEARNING_RATES)
+      best = max(grid.values())
+      assert grid["%g" % record["chosen_learning_rate"]] == best
+      assert record["seeds"] == SEEDS
+      for cell in record["test"].values():
+        assert len(cell["values"]) == 2
+        assert cell["mean"] == pytest.approx(sum(cell["values"]) / 2)
+        assert cell["sd"] == pytest.approx(
+            abs(cell["values"][0] - cell["values"][1]) / 2 ** 0.5)
+      # Each run tested its best validation checkpoint.
+      for history, step in zip(record["validation_histories"],
+                               record["best_steps"]):
+        key = record["validation_metric"]
+        assert max(h["metrics"][key] for h in history) == next(
+            h["metrics"][key] for h in history if h["step"] == step)
+    # The few-label points train on fewer users than the full ones.
+    for series in stored["few_labels"][task].values():
+      users = {p["fraction"]: p["num_train_users"] for p in series}
+      assert users[0.5] < users[1.0]
 
 
-def test_rerun_skips_done_cells_and_redoes_changed_ones(first_run):
+def test_rerun_skips_done_runs_and_redoes_changed_ones(first_run):
   output_dir, results, _ = first_run
-  metrics_file = os.path.join(output_dir, "cells", "group", "finecls",
-                              "metrics.json")
+  metrics_file = os.path.join(output_dir, "cells", "group", "fineall",
+                              "lr0.01-seed1", "metrics.json")
   before = os.path.getmtime(metrics_file)
   log = []
   again = reproduce(output_dir, log)
-  assert "pretraining: done already" in " ".join(log)
-  assert sum("done already, skipped" in l for l in log) == 14
+  assert "pretraining nextitnet" not in " ".join(log)
+  assert not [l for l in log if re.search(r"\(\d+ s\)$", l)]
   assert again["table_markdown"] == results["table_markdown"]
   assert os.path.getmtime(metrics_file) == before
 
-  # Another fine-tuning budget for one method: only those cells run again.
+  # Another fine-tuning budget for one method: only its runs run again.
   log = []
-  rt.reproduce("demo", output_dir, demo_options=TINY_WORLD,
-               pretrain_overrides=TINY_PRETRAIN,
-               finetune_overrides=dict(TINY_FINETUNE, num_train_steps=3),
-               methods=["finecls"], log=log.append)
-  assert sum("done already, skipped" in l for l in log) == 0
+  reproduce(output_dir, log, methods=["fineall"], few_label_fractions=[],
+            finetune_overrides=dict(TINY_FINETUNE, num_train_steps=6))
+  assert not [l for l in log if "(done already)" in l]
   with open(metrics_file) as f:
-    assert json.load(f)["global_step"] == 3
+    assert json.load(f)["validation"]["history"][-1]["step"] == 6
 
 
 def test_command_line_flags_parse():
@@ -102,7 +138,7 @@ def test_command_line_flags_parse():
                "--classification_tasks=g", "--finetune_steps=7"])
   assert flag_values.finetune_csv == ["a.csv", "g.csv"]
   assert flag_values.finetune_steps == 7
-  assert flag_values.methods == list(rt.METHOD_ROWS)
+  assert flag_values.methods is None  # the dataset profile's rows
   with pytest.raises(ValueError, match="are not among the tasks"):
     rt.prepare_csvs("custom", "/nonexistent", pretrain_csv="p.csv",
                     finetune_csvs=["a.csv"], classification_tasks=["g"])

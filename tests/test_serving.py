@@ -183,7 +183,9 @@ def test_export_dir_replaced_whole(recommendation, tmp_path):
   with open(os.path.join(export_dir, "assets.extra",
                          serving.SERVING_CONFIG_FILE)) as f:
     config = json.load(f)
-  assert config["checkpoint"].endswith("model.ckpt-40")
+  # The checkpoint served is the run's best validated one.
+  assert config["checkpoint"] == ft.selected_checkpoint(parent)
+  assert "/best/model.ckpt-" in config["checkpoint"]
   assert config["source_length"] == metadata["source_length"]
 
 
