@@ -93,12 +93,15 @@ def check_input_file(path, what="input file"):
 
 
 def iter_text_lines(path, progress_fn=None, encoding="utf-8",
-                    progress_every=50000):
+                    progress_every=50000, skip_header=False):
   """Yields (line_number, text) for each line of a text file.
 
   Gzip files (by their magic bytes, whatever the name) are decompressed on
   the fly. `text` has its trailing "\\r\\n" removed. Lines are decoded one by
-  one, so undecodable bytes are reported with their line number.
+  one, so undecodable bytes are reported with their line number. Blank lines
+  at the end of the file are dropped (an editor's trailing newlines); blank
+  lines before the last line are yielded (and are errors to the parsers).
+  `skip_header` drops line 1.
 
   Args:
     path: file name.
@@ -120,9 +123,12 @@ def iter_text_lines(path, progress_fn=None, encoding="utf-8",
     raw.seek(0)
     stream = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
     line_number = 0
+    blank = []  # blank lines not yet known to be inside the file
     try:
       for data in stream:
         line_number += 1
+        if skip_header and line_number == 1:
+          continue
         try:
           text = data.decode(encoding)
         except UnicodeDecodeError as e:
@@ -130,13 +136,20 @@ def iter_text_lines(path, progress_fn=None, encoding="utf-8",
               path, line_number,
               "undecodable bytes (not %s) at byte %d of the line" %
               (encoding, e.start), data.rstrip(b"\r\n"))
-        yield line_number, text.rstrip("\r\n")
+        text = text.rstrip("\r\n")
+        if not text.strip():
+          blank.append((line_number, text))
+          continue
+        for held in blank:
+          yield held
+        blank = []
+        yield line_number, text
         if progress_fn is not None and line_number % progress_every == 0:
           progress_fn(line_number, raw.tell(), total_bytes)
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile: an OSError.
       raise DatasetError("cannot read %s after line %d: %s" %
                          (path, line_number, e))
-    if line_number == 0:
+    if line_number == len(blank) + (1 if skip_header else 0):
       raise DatasetError("input file is empty: %s" % path)
     if progress_fn is not None:
       progress_fn(line_number, total_bytes, total_bytes)
@@ -221,20 +234,21 @@ def parse_finetune_line(line, path="<string>", line_number=0):
   return source, targets
 
 
-def read_pretrain_csv(path, progress_fn=None):
+def read_pretrain_csv(path, progress_fn=None, skip_header=False):
   """Reads a pretraining CSV: a list (one per line) of lists of str tokens."""
   return [parse_pretrain_line(text, path, n)
-          for n, text in iter_text_lines(path, progress_fn)]
+          for n, text in iter_text_lines(path, progress_fn,
+                                         skip_header=skip_header)]
 
 
-def read_finetune_csv(path, progress_fn=None):
+def read_finetune_csv(path, progress_fn=None, skip_header=False):
   """Reads a fine-tuning CSV.
 
   Returns:
     (sources, targets): two lists, one entry per line, of lists of tokens.
   """
   sources, targets = [], []
-  for n, text in iter_text_lines(path, progress_fn):
+  for n, text in iter_text_lines(path, progress_fn, skip_header=skip_header):
     source, target = parse_finetune_line(text, path, n)
     sources.append(source)
     targets.append(target)
@@ -389,6 +403,22 @@ item_vocab, target_vocab: the Vocabulary objects used.
 num_unknown_items / num_unknown_item_types: source tokens missing from a
   given item vocabulary (occurrences / distinct); 0 when refitted.
 """
+
+
+def header_suspect(token_lists, min_lines=3):
+  """The first line's tokens when it looks like a header, else None.
+
+  A header's tokens (`item1,item2,...`) occur on no other line; item ids of
+  a real first line almost always recur. Files of fewer than `min_lines`
+  lines are not judged.
+  """
+  if len(token_lists) < min_lines:
+    return None
+  first = set(token_lists[0])
+  for tokens in token_lists[1:]:
+    if first.intersection(tokens):
+      return None
+  return token_lists[0]
 
 
 def max_length(token_lists):

@@ -1013,6 +1013,9 @@ def run(options):
     raise ValueError("unknown options %s" % unknown)
   f = collections.namedtuple("Options", sorted(options))(**options)
   # Fail fast, before reading data or building graphs.
+  training_utils.check_positive({name: getattr(f, name) for name in (
+      "num_train_steps", "num_train_epochs", "train_batch_size",
+      "eval_batch_size", "eval_every_steps", "num_labelled_users")})
   cluster_task = training_utils.tf_config_task()
   if cluster_task is not None and f.do_train:
     # Estimator.train under TF_CONFIG would wait for a cluster that nothing

@@ -28,14 +28,25 @@ def session_config(intra_op_threads=1, inter_op_threads=2):
   return config
 
 
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def write_text_atomic(path, text):
-  """Writes `text` to `path` through a temporary file and a rename."""
+  """Writes `text` to `path` through a temporary file and a rename.
+
+  The file gets the permissions a plain `open(path, "w")` would give
+  (0666 less the umask), not the temporary file's 0600.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   tf.io.gfile.makedirs(directory)
   handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
   try:
     with os.fdopen(handle, "w") as writer:
       writer.write(text)
+    os.chmod(temporary, 0o666 & ~_umask())
     os.replace(temporary, path)
   except BaseException:
     if os.path.exists(temporary):
@@ -98,6 +109,16 @@ def _format_number(value, digits):
 
 class RunError(ValueError):
   """A run cannot start or continue; the message names the file or path."""
+
+
+def check_positive(values):
+  """RunError naming the first flag in {flag name: value} that is not > 0.
+
+  None (not given: a default is derived) passes.
+  """
+  for name, value in values.items():
+    if value is not None and not value > 0:
+      raise RunError("--%s must be positive, got %s" % (name, value))
 
 
 def check_writable_dir(path, flag_name="--model_dir"):

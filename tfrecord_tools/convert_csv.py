@@ -88,11 +88,22 @@ def _fingerprint(kind, input_csv, options):
   return fingerprint
 
 
+def _warn_if_header(input_csv, token_lists, skip_header):
+  suspect = None if skip_header else data_loader.header_suspect(token_lists)
+  if suspect is not None:
+    logging.warning(
+        "the first line of %s looks like a header (%s: none of its tokens "
+        "occurs on another line); it is converted as data. If it is a "
+        "header, pass --skip_header", input_csv, ",".join(suspect[:5]))
+
+
 def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
-                      subsession_min_length, pad_token):
+                      subsession_min_length, pad_token, skip_header):
   """Reads, splits and writes a pretraining dataset; returns metadata."""
   progress = common.ProgressLogger("reading %s" % input_csv)
-  sequences = data_loader.read_pretrain_csv(input_csv, progress.lines)
+  sequences = data_loader.read_pretrain_csv(input_csv, progress.lines,
+                                            skip_header)
+  _warn_if_header(input_csv, sequences, skip_header)
   vocab = data_loader.Vocabulary().fit(sequences)
   seq_length = data_loader.max_length(sequences)
   num_short = sum(1 for s in sequences if len(s) < seq_length)
@@ -129,12 +140,15 @@ def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
 
 
 def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
-                      test_fraction, split_seed, split_by, pad_token):
+                      test_fraction, split_seed, split_by, pad_token,
+                      skip_header):
   """Reads, maps, splits and writes a fine-tuning dataset; returns metadata."""
   pretrain_vocab = (_load_item_vocab(item_vocab_path)
                     if item_vocab_path else None)
   progress = common.ProgressLogger("reading %s" % input_csv)
-  sources, targets = data_loader.read_finetune_csv(input_csv, progress.lines)
+  sources, targets = data_loader.read_finetune_csv(input_csv, progress.lines,
+                                                   skip_header)
+  _warn_if_header(input_csv, sources, skip_header)
   extra = {}
   if refit_source_vocab:
     item_vocab = data_loader.Vocabulary().fit(sources)
@@ -215,8 +229,9 @@ def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
 
 def convert(kind, input_csv, output_dir, item_vocab=None,
             refit_source_vocab=False, test_fraction=0.2, split_seed=10,
-            split_by="row", subsessions=False, subsession_min_length=5, pad_token="0",
-            overwrite=False, command=None, print_summary=True):
+            split_by="row", subsessions=False, subsession_min_length=5,
+            pad_token="0", skip_header=False, overwrite=False, command=None,
+            print_summary=True):
   """Converts a CSV into a TFRecord dataset directory.
 
   Args:
@@ -239,6 +254,9 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     subsession_min_length: shortest subsession (real items).
     pad_token: the CSV's left-pad token ("0"); its id is recorded and used
       by the subsession augmentation.
+    skip_header: the first line is a header, not data. Without it, a first
+      line none of whose tokens occurs elsewhere is converted with a
+      warning.
     overwrite: replace whatever dataset `output_dir` holds.
     command: the command to record; None records this Python call.
     print_summary: print a summary to stdout.
@@ -280,12 +298,15 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
         output_dir=output_dir, item_vocab=item_vocab,
         refit_source_vocab=refit_source_vocab, test_fraction=test_fraction,
         split_seed=split_seed, split_by=split_by, subsessions=subsessions,
-        subsession_min_length=subsession_min_length, pad_token=pad_token)
+        subsession_min_length=subsession_min_length, pad_token=pad_token,
+        skip_header=skip_header)
   data_loader.check_input_file(input_csv)
   if item_vocab:
     data_loader.check_input_file(item_vocab, "item vocabulary file")
   options = {"test_fraction": test_fraction, "split_seed": split_seed,
              "pad_token": pad_token}
+  if skip_header:
+    options["skip_header"] = True
   if kind == data_loader.PRETRAIN:
     options.update(subsessions=bool(subsessions),
                    subsession_min_length=subsession_min_length)
@@ -301,11 +322,12 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     if kind == data_loader.PRETRAIN:
       metadata = _convert_pretrain(input_csv, out, test_fraction, split_seed,
                                    subsessions, subsession_min_length,
-                                   pad_token)
+                                   pad_token, skip_header)
     else:
       metadata = _convert_finetune(input_csv, out, item_vocab,
                                    refit_source_vocab, test_fraction,
-                                   split_seed, split_by, pad_token)
+                                   split_seed, split_by, pad_token,
+                                   skip_header)
     metadata.update({
         "kind": kind,
         "format_version": data_loader.FORMAT_VERSION,
@@ -424,6 +446,8 @@ def define_flags():
   flags.DEFINE_integer("subsession_min_length", 5,
                        "pretrain: shortest subsession, in real items.")
   flags.DEFINE_string("pad_token", "0", "The CSV's left-padding token.")
+  flags.DEFINE_bool("skip_header", False, "The first line is a header: "
+                    "skip it.")
   flags.DEFINE_bool("overwrite", False,
                     "Replace a different dataset already in --output_dir.")
 
@@ -438,7 +462,8 @@ def main(argv):
             test_fraction=FLAGS.test_fraction, split_seed=FLAGS.split_seed,
             split_by=FLAGS.split_by, subsessions=FLAGS.subsessions,
             subsession_min_length=FLAGS.subsession_min_length,
-            pad_token=FLAGS.pad_token, overwrite=FLAGS.overwrite,
+            pad_token=FLAGS.pad_token, skip_header=FLAGS.skip_header,
+            overwrite=FLAGS.overwrite,
             command=common.command_line("tfrecord_tools.convert_csv"))
   except (ValueError, OSError) as e:
     sys.exit("error: %s" % e)

@@ -1,0 +1,95 @@
+"""What a user meets on the command line: bad input refused in one line,
+odd but harmless input accepted, output files readable by others."""
+import os
+import stat
+import sys
+
+import pytest
+
+from tests import conftest
+from tests.test_reliability import (FINETUNE_SCRIPT, PRETRAIN_SCRIPT,
+                                    TINY_FINETUNE_FLAGS, TINY_PRETRAIN_FLAGS,
+                                    finetune_world, pretrain_data,
+                                    run_command)
+
+CONVERT = [sys.executable, "-m", "tfrecord_tools.convert_csv",
+           "--kind=pretrain", "--test_fraction=0"]
+
+
+def _convert(tmp_path, text, *flags):
+  path = tmp_path / "in.csv"
+  path.write_text(text)
+  out = tmp_path / "out"
+  result = run_command(CONVERT + ["--input_csv=%s" % path,
+                                  "--output_dir=%s" % out] + list(flags))
+  return result, out
+
+
+def _one_line_error(result, message):
+  assert result.returncode != 0
+  lines = [l for l in result.stdout.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1 and message in lines[0], result.stdout[-2000:]
+  assert "Traceback" not in result.stdout
+
+
+def test_trailing_blank_lines_are_ignored_inside_they_are_errors(tmp_path):
+  result, out = _convert(tmp_path, "1,2,3\n4,5,6\n3,1,2\n\n\n")
+  assert result.returncode == 0, result.stdout[-2000:]
+  assert (out / "item_vocab.txt").read_text().split() == [
+      "<UNK>", "1", "2", "3", "4", "5", "6"]
+  result, _ = _convert(tmp_path, "1,2,3\n\n4,5,6\n", "--overwrite")
+  _one_line_error(result, "line 2: empty sequence")
+
+
+def test_a_header_line_is_warned_about_and_skipped_on_request(tmp_path):
+  text = "item1,item2,item3\n1,2,3\n2,3,1\n3,1,2\n"
+  result, out = _convert(tmp_path, text)
+  assert result.returncode == 0, result.stdout[-2000:]
+  assert "looks like a header (item1,item2,item3" in result.stdout
+  assert "--skip_header" in result.stdout
+  result, out = _convert(tmp_path, text, "--skip_header", "--overwrite")
+  assert result.returncode == 0, result.stdout[-2000:]
+  assert "looks like a header" not in result.stdout
+  assert (out / "item_vocab.txt").read_text().split() == [
+      "<UNK>", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("flag", ["--num_train_steps=-5",
+                                  "--num_train_steps=0",
+                                  "--train_batch_size=0"])
+def test_finetune_refuses_non_positive_budgets(tmp_path, flag):
+  data_dir = finetune_world(str(tmp_path))
+  result = run_command([sys.executable, FINETUNE_SCRIPT,
+                        "--data_dir=" + data_dir,
+                        "--output_dir=%s" % (tmp_path / "out")] +
+                       TINY_FINETUNE_FLAGS + [flag])
+  name, value = flag[2:].split("=")
+  _one_line_error(result, "--%s must be positive, got %s" % (name, value))
+  assert not (tmp_path / "out").exists()
+
+
+def test_pretrain_refuses_non_positive_steps(tmp_path):
+  data_dir = pretrain_data(str(tmp_path))
+  result = run_command([sys.executable, PRETRAIN_SCRIPT,
+                        "--data_dir=" + data_dir,
+                        "--model_dir=%s" % (tmp_path / "model"),
+                        "--train_steps=-5"] + TINY_PRETRAIN_FLAGS)
+  _one_line_error(result, "--train_steps must be positive, got -5")
+
+
+def test_outputs_are_readable_by_others(tmp_path):
+  data_dir = finetune_world(str(tmp_path))
+  out = tmp_path / "out"
+  old = os.umask(0o022)
+  try:
+    result = run_command([sys.executable, FINETUNE_SCRIPT,
+                          "--data_dir=" + data_dir, "--output_dir=%s" % out,
+                          "--num_train_steps=4", "--tf_random_seed=1"] +
+                         TINY_FINETUNE_FLAGS)
+  finally:
+    os.umask(old)
+  assert result.returncode == 0, result.stdout[-3000:]
+  for name in ("metrics.json", "parameters.json", "best/best.json",
+               "task_patch/task_patch.json"):
+    mode = stat.S_IMODE(os.stat(out / name).st_mode)
+    assert mode == 0o644, (name, oct(mode))
