@@ -34,7 +34,7 @@ DEFAULT_L2_GRID = (1e-5, 1e-4, 1e-3)
 
 
 def read_split(metadata, split, row_mask=None, num_negatives=0,
-               eval_seed=12345, batch_size=512):
+               eval_seed=12345, batch_size=512, distinct_negatives=False):
   """A split's examples as numpy arrays, through the project's input fn.
 
   With `num_negatives` and `eval_seed` as peterrec_finetune's evaluation,
@@ -48,7 +48,8 @@ def read_split(metadata, split, row_mask=None, num_negatives=0,
       metadata["paths"][split], metadata["source_length"], causal=True,
       batch_size=batch_size, is_training=False,
       target_vocab_size=metadata["target_vocab_size"],
-      num_negatives=num_negatives, seed=eval_seed, row_mask=row_mask)
+      num_negatives=num_negatives, seed=eval_seed, row_mask=row_mask,
+      distinct_negatives=distinct_negatives and num_negatives > 1)
   length = metadata["source_length"]
   parts = {"sources": [], "targets": [], "negatives": []}
   with tf.Graph().as_default():
@@ -80,7 +81,12 @@ def ranking_metrics(positive_scores, negative_scores, top_k=5):
   Returns:
     dict {"mrr@k", "hr@k"} of floats.
   """
-  rank = np.sum(negative_scores >= positive_scores[:, None], axis=1)
+  return metrics_of_ranks(
+      np.sum(negative_scores >= positive_scores[:, None], axis=1), top_k)
+
+
+def metrics_of_ranks(rank, top_k=5):
+  """MRR@k and HR@k of 0-based ranks of the positives: dict of floats."""
   hit = rank < top_k
   return {"mrr@%d" % top_k: float(np.mean(np.where(hit, 1.0 / (rank + 1),
                                                    0.0))),
@@ -98,6 +104,33 @@ def user_independent_reference(train_targets, test, target_vocab_size,
                                       np.argmax(frequencies)))}
   return ranking_metrics(frequencies[test["targets"]],
                          frequencies[test["negatives"]], top_k)
+
+
+def test_reference(metadata, classification, eval_protocol="sampled",
+                   num_eval_negatives=99, eval_seed=12345,
+                   eval_batch_size=512, distinct_negatives=False, top_k=5):
+  """The user-independent reference on a dataset's whole test split.
+
+  Ranks by the training split's target frequencies (metadata), against
+  exactly the evaluation negatives of peterrec_finetune with the same
+  options (sampled protocol) or among all targets (full).
+  """
+  frequencies = np.asarray(metadata.get("train_target_frequencies",
+                                        metadata["target_frequencies"]),
+                           dtype=np.int64)
+  train_targets = np.repeat(np.arange(len(frequencies)), frequencies)
+  sampled = not classification and eval_protocol == "sampled"
+  test = read_split(metadata, "test", None,
+                    num_eval_negatives if sampled else 0, eval_seed,
+                    eval_batch_size, distinct_negatives)
+  if classification or sampled:
+    return user_independent_reference(train_targets, test, len(frequencies),
+                                      classification, top_k)
+  # Full ranking: the other targets at least as frequent rank above.
+  ordered = np.sort(frequencies[1:])
+  positive = frequencies[test["targets"]]
+  rank = len(ordered) - np.searchsorted(ordered, positive, side="left") - 1
+  return metrics_of_ranks(rank, top_k)
 
 
 def bag_weights(sources, ignored_ids):

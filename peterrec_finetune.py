@@ -75,6 +75,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+import baselines
 import data_loader
 import training_utils
 from ops import blocks
@@ -1197,6 +1198,9 @@ def run(options):
       metrics = _float_metrics(results)
       protocol = ("accuracy over all classes" if f.task == "classification"
                   else f.eval)
+      reference = baselines.test_reference(
+          metadata, f.task == "classification", f.eval, f.num_eval_negatives,
+          f.eval_seed, f.eval_batch_size, f.distinct_negatives, f.top_k)
       summary = {
           "method": method, "task": f.task, "eval": protocol,
           "insertion": insertion if uses_patches(method) else None,
@@ -1205,6 +1209,7 @@ def run(options):
           "distinct_negatives": bool(f.distinct_negatives),
           "eval_seed": f.eval_seed, "global_step": int(results["global_step"]),
           "num_test": metadata["num_test"], "metrics": metrics,
+          "user_independent_reference": reference,
           "task_patch": f.task_patch or None,
           "validation": read_selection(model_dir) if task_patch is None
                         else None,
@@ -1215,8 +1220,10 @@ def run(options):
       training_utils.write_json_atomic(os.path.join(f.output_dir, name),
                                        summary)
       print(training_utils.format_metrics_table(
-          metrics, title="Test metrics of %s (%s, %s, %d examples)" %
-          (method, f.task, protocol, metadata["num_test"])))
+          metrics, title="Test metrics of %s (%s, %s, %d examples; "
+          "reference: the same score for every user, by training "
+          "frequency)" % (method, f.task, protocol, metadata["num_test"]),
+          reference=reference))
       outputs["metrics"] = summary
 
   if f.do_train and f.export_task_patch:

@@ -71,26 +71,37 @@ def _to_builtin(value):
   return value
 
 
-def format_metrics_table(metrics, title=None, digits=4):
+def format_metrics_table(metrics, title=None, digits=4, reference=None,
+                         reference_name="reference"):
   """A small markdown table of metric name -> value, for the final report.
 
   Args:
     metrics: dict {name: number}.
     title: optional first line.
+    reference: optional dict {name: number}, shown in a second column (a
+      user-independent yardstick; "-" where it has no value).
+    reference_name: the second column's header.
 
   Returns:
     str.
   """
-  rows = [(str(name), _format_number(value, digits))
+  header = ["metric", "value"] + ([reference_name] if reference else [])
+  rows = [[str(name), _format_number(value, digits)] +
+          ([_format_number(reference[name], digits) if name in reference
+            else "-"] if reference else [])
           for name, value in sorted(metrics.items())]
-  width = max([len("metric")] + [len(name) for name, _ in rows])
-  value_width = max([len("value")] + [len(value) for _, value in rows])
+  widths = [max(len(r[i]) for r in [header] + rows)
+            for i in range(len(header))]
   lines = [] if title is None else [title]
-  lines.append("| %s | %s |" % ("metric".ljust(width),
-                                 "value".rjust(value_width)))
-  lines.append("|%s|%s|" % ("-" * (width + 2), "-" * (value_width + 1) + ":"))
-  for name, value in rows:
-    lines.append("| %s | %s |" % (name.ljust(width), value.rjust(value_width)))
+  lines.append("| " + " | ".join(
+      [header[0].ljust(widths[0])] +
+      [h.rjust(w) for h, w in zip(header[1:], widths[1:])]) + " |")
+  lines.append("|" + "|".join(["-" * (widths[0] + 2)] +
+                              ["-" * (w + 1) + ":" for w in widths[1:]]) + "|")
+  for row in rows:
+    lines.append("| " + " | ".join(
+        [row[0].ljust(widths[0])] +
+        [v.rjust(w) for v, w in zip(row[1:], widths[1:])]) + " |")
   return "\n".join(lines)
 
 

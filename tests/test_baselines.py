@@ -63,3 +63,19 @@ def test_linear_ranker_beats_popularity_on_planted_targets(tmp_path):
   # 15 targets, 10 negatives: popularity is near chance (3/11); the bag
   # tells the group, i.e. 5 of the 15 targets.
   assert rows["linear"]["hr@3"] > rows["reference"]["hr@3"] + 0.2, rows
+
+
+def test_reference_over_all_targets_by_hand(tmp_path):
+  # Targets t1 (3 training rows), t2 (1), t3 (2): test positives t2, t3.
+  sources = [["1", "2"]] * 8
+  targets = [["t1"], ["t1"], ["t1"], ["t2"], ["t3"], ["t3"], ["t2"], ["t3"]]
+  convert_csv.make_finetune_dataset(str(tmp_path), sources, targets,
+                                    test_fraction=0.25, split_seed=0)
+  metadata = data_loader.load_metadata(str(tmp_path))
+  test = baselines.read_split(metadata, "test")
+  frequencies = np.array(metadata["train_target_frequencies"])
+  # rank = other targets at least as frequent in training
+  ranks = [int(np.sum(frequencies[1:] >= frequencies[t]) - 1)
+           for t in test["targets"]]
+  expected = baselines.metrics_of_ranks(np.array(ranks), top_k=1)
+  assert baselines.test_reference(metadata, False, "full", top_k=1) == expected

@@ -1,5 +1,7 @@
 """What a user meets on the command line: bad input refused in one line,
-odd but harmless input accepted, output files readable by others."""
+odd but harmless input accepted, output files readable by others, metrics
+printed beside a user-independent reference."""
+import json
 import os
 import stat
 import sys
@@ -93,3 +95,12 @@ def test_outputs_are_readable_by_others(tmp_path):
                "task_patch/task_patch.json"):
     mode = stat.S_IMODE(os.stat(out / name).st_mode)
     assert mode == 0o644, (name, oct(mode))
+  # The metrics come with a user-independent yardstick, printed and stored.
+  with open(out / "metrics.json") as f:
+    summary = json.load(f)
+  reference = summary["user_independent_reference"]
+  assert set(reference) == {"mrr@5", "hr@5"}
+  row = [l for l in result.stdout.splitlines() if l.startswith("| hr@5 ")]
+  assert len(row) == 1
+  assert row[0].split("|")[3].strip() == "%.4f" % reference["hr@5"]
+  assert "| metric " in result.stdout and "| reference |" in result.stdout
