@@ -211,7 +211,8 @@ def count_parameters(variables):
 
 
 def build_finetune_model(context, config, method, insertion, cardinality,
-                         target_vocab_size, cls_at_start=False):
+                         target_vocab_size, cls_at_start=False,
+                         user_vector="cls"):
   """The fine-tuning network: backbone (+ patches), user vector, head table.
 
   Args:
@@ -222,6 +223,7 @@ def build_finetune_model(context, config, method, insertion, cardinality,
     cardinality: branches of each patch.
     target_vocab_size: rows of the target table (with id 0).
     cls_at_start: causal only, the `[CLS]`-at-start ablation.
+    user_vector: "cls" or "mean" (modeling.user_representation).
 
   Returns:
     (user_vectors float32 [B, width], target_table [target_vocab_size, width]).
@@ -229,7 +231,8 @@ def build_finetune_model(context, config, method, insertion, cardinality,
   patch = insertion if uses_patches(method) else None
   user, _ = networks.peterrec_user_vectors(context, config, patch=patch,
                                            cardinality=cardinality,
-                                           cls_at_start=cls_at_start)
+                                           cls_at_start=cls_at_start,
+                                           pooling=user_vector)
   table = heads.target_embedding_table(target_vocab_size, config.hidden_size)
   return user, table
 
@@ -327,7 +330,7 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
                      cardinality, task, target_vocab_size, loss="bce",
                      learning_rate=0.001, beta1=0.9, eval_protocol="sampled",
                      top_k=5, predict_top_k=10, task_patch=None,
-                     cls_at_start=False):
+                     cls_at_start=False, user_vector="cls"):
   """Returns the Estimator `model_fn` of PeterRec fine-tuning.
 
   Args:
@@ -353,6 +356,8 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
       task).
     cls_at_start: causal only: rows `[0, source..., target]` and the user
       vector at position 0 (the paper's `[CLS]`-at-start ablation).
+    user_vector: "cls" (the `[CLS]` state, the original) or "mean" (the
+      mean of every position's state).
 
   Features (from data_loader.finetune_input_fn_builder):
     rows int32 [B, L], target int32 [B], negatives int32 [B, N].
@@ -389,7 +394,8 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
     negatives = features["negatives"]
     user, table = build_finetune_model(context, model_config, method,
                                        insertion, cardinality,
-                                       target_vocab_size, cls_at_start)
+                                       target_vocab_size, cls_at_start,
+                                       user_vector)
     variables = tf.compat.v1.trainable_variables()
     trained = trainable_variables_for(method, variables, num_blocks)
     sources, restored = _assignment_sources(method, init_checkpoint,
@@ -1096,9 +1102,15 @@ def run(options):
                              "causal backbone; the non-causal one reads "
                              "[CLS] at both ends")
   cls_at_start = cls_position == "start"
-  if cls_at_start and f.export_dir:
-    raise CompatibilityError("--export_dir serves [CLS]-at-end models only; "
-                             "--cls_position=start is an ablation")
+  user_vector = f.user_vector
+  if patch_description is not None:
+    user_vector = patch_description.get("user_vector") or "cls"
+  if cls_at_start and user_vector != "cls":
+    raise CompatibilityError("--cls_position=start reads the [CLS] state; "
+                             "--user_vector=%s does not" % user_vector)
+  if (cls_at_start or user_vector != "cls") and f.export_dir:
+    raise CompatibilityError("--export_dir serves the original [CLS]-at-end "
+                             "user vector only")
   check_eval_options(metadata, f.task, f.eval, f.num_eval_negatives,
                      f.distinct_negatives)
   if f.loss == "softmax" and f.sampler == "lambdafm":
@@ -1122,7 +1134,7 @@ def run(options):
       metadata["target_vocab_size"], loss=f.loss,
       learning_rate=f.learning_rate, beta1=f.beta1, eval_protocol=f.eval,
       top_k=f.top_k, predict_top_k=f.predict_top_k, task_patch=task_patch,
-      cls_at_start=cls_at_start)
+      cls_at_start=cls_at_start, user_vector=user_vector)
   model_dir = f.output_dir
   if task_patch is not None:
     # A fresh directory without checkpoints: the Estimator then initializes
@@ -1233,6 +1245,7 @@ def run(options):
         init_checkpoint,
         extra={"tf_random_seed": f.tf_random_seed,
                "eval_seed": f.eval_seed, "cls_position": cls_position,
+               "user_vector": user_vector,
                "global_step": int(tf.train.load_checkpoint(
                    checkpoint).get_tensor("global_step"))})
     print("Task patch: %s (%d bytes; fine-tuned checkpoint %d bytes, %.2f%%)"
@@ -1327,6 +1340,11 @@ def define_flags(flag_values=flags.FLAGS):
       "cls_position", "end", ["end", "start"], "Where the causal network's "
       "[CLS] slot sits: end (the original: its state has seen every item) or "
       "start (the paper's ablation: it sees none).", flag_values=fv)
+  flags.DEFINE_enum(
+      "user_vector", "cls", list(modeling.USER_VECTORS), "The user "
+      "representation fed to the head: cls (the [CLS] slot's state, the "
+      "original) or mean (the mean of every position's state; "
+      "docs/DEVIATIONS.md F13).", flag_values=fv)
   flags.DEFINE_integer("cardinality", 1, "Branches of each model patch "
                        "(1 = ResNet-style).", flag_values=fv)
   flags.DEFINE_enum(

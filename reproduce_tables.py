@@ -67,9 +67,12 @@ RESULTS_FILE = "results.json"
 
 # Rows of the table. backbone: which pretrained network (nextitnet is causal,
 # grec the non-causal encoder); cls_position "start" is the paper's ablation
-# of the causal network (its [CLS] state sees no item of the user).
+# of the causal network (its [CLS] state sees no item of the user);
+# user_vector "mean" is our variant: the mean of every position's state
+# instead of the [CLS] state (docs/DEVIATIONS.md F13).
 Row = collections.namedtuple("Row", ["label", "method", "insertion",
-                                     "backbone", "cls_position"])
+                                     "backbone", "cls_position",
+                                     "user_vector"], defaults=("cls",))
 METHOD_ROWS = collections.OrderedDict([
     ("peterrec_serial", Row("PeterRec (serial)", "peterrec", "serial",
                             "nextitnet", "end")),
@@ -81,6 +84,11 @@ METHOD_ROWS = collections.OrderedDict([
                                    "parallel", "grec", "end")),
     ("peterrec_cls_start", Row("PeterRec, [CLS] at start (ablation)",
                                "peterrec", "serial", "nextitnet", "start")),
+    ("peterrec_serial_mean", Row("PeterRec (serial), mean user vector",
+                                 "peterrec", "serial", "nextitnet", "end",
+                                 "mean")),
+    ("fineall_mean", Row("FineAll, mean user vector", "fineall", None,
+                         "nextitnet", "end", "mean")),
     ("peterzero", Row("PeterZero", "peterzero", "serial", "nextitnet", "end")),
     ("fineall", Row("FineAll", "fineall", None, "nextitnet", "end")),
     ("finecls", Row("FineCLS", "finecls", None, "nextitnet", "end")),
@@ -345,7 +353,8 @@ def cell_options(task, row, data_dir, cell_dir, checkpoint, finetune_settings,
   options.update(
       data_dir=data_dir, output_dir=cell_dir, init_checkpoint=checkpoint,
       method=row.method, insertion=row.insertion,
-      cls_position=row.cls_position, task=task.kind, seed=seed,
+      cls_position=row.cls_position, user_vector=row.user_vector,
+      task=task.kind, seed=seed,
       tf_random_seed=seed, learning_rate=learning_rate,
       labelled_fraction=labelled_fraction, export_task_patch=False,
       save_checkpoints_steps=max(steps, 1), keep_checkpoint_max=1,

@@ -239,22 +239,33 @@ def last_position(hidden):
   return hidden[:, -1, :]
 
 
-def user_representation(hidden, causal, cls_at_start=False):
+USER_VECTORS = ("cls", "mean")
+
+
+def user_representation(hidden, causal, cls_at_start=False, pooling="cls"):
   """The user vector fed to a PeterRec head.
 
   Causal models use the `[CLS]` slot at the end; the non-causal classifier
   adds the first and the last positions (both are `[CLS]`-like zeros).
   `cls_at_start` is the paper's ablation for causal models: the `[CLS]` slot
-  first, so its state sees no item of the user.
+  first, so its state sees no item of the user. `pooling="mean"` averages
+  the hidden states of every position instead (what the original GRec
+  FineAll script does).
 
   Args:
     hidden: float32 Tensor [batch_size, seq_length, C].
     causal: bool.
     cls_at_start: bool (causal only).
+    pooling: "cls" or "mean".
 
   Returns:
     float32 Tensor [batch_size, C].
   """
+  if pooling == "mean":
+    return tf.reduce_mean(hidden, axis=1)
+  if pooling != "cls":
+    raise ValueError("pooling must be one of %s, got %r" % (USER_VECTORS,
+                                                           pooling))
   if causal:
     return hidden[:, 0, :] if cls_at_start else last_position(hidden)
   return hidden[:, 0, :] + hidden[:, -1, :]

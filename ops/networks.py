@@ -129,7 +129,7 @@ def grec_pretrain(masked_itemseq, masked_positions, masked_labels, config,
 
 
 def peterrec_user_vectors(context, config, patch, cardinality=1,
-                          cls_at_start=False):
+                          cls_at_start=False, pooling="cls"):
   """The backbone with model patches and the user representation.
 
   The non-causal graph also creates `softmax_w` (never used), as the
@@ -141,6 +141,8 @@ def peterrec_user_vectors(context, config, patch, cardinality=1,
     patch: None (no patches: FineAll/FineCLS/FineLast), "serial", "parallel".
     cardinality: branches of each patch.
     cls_at_start: causal only: the `[CLS]` slot is position 0 (ablation).
+    pooling: "cls" (the `[CLS]` state, the original) or "mean" (the mean of
+      every position's state).
 
   Returns:
     (user_vectors [batch_size, width], hidden [batch_size, seq_length, width]).
@@ -150,5 +152,5 @@ def peterrec_user_vectors(context, config, patch, cardinality=1,
   if not config.causal:
     heads.softmax_variables(config.item_size, config.hidden_size,
                             with_bias=False)
-  return (modeling.user_representation(hidden, config.causal, cls_at_start),
-          hidden)
+  return (modeling.user_representation(hidden, config.causal, cls_at_start,
+                                      pooling), hidden)

@@ -142,3 +142,21 @@ def test_cls_at_start_sees_no_item_of_the_user():
   # At the end the two users differ; at the start they are the same user.
   assert np.abs(vectors[False][0] - vectors[False][1]).max() > 1e-4
   np.testing.assert_allclose(vectors[True][0], vectors[True][1], atol=1e-6)
+
+
+def test_mean_user_vector_is_the_mean_of_the_hidden_states():
+  import tensorflow as tf
+  from ops import modeling
+  from ops import networks
+  config = modeling.ModelConfig(item_size=20, channels=8, dilations=[1, 2],
+                                kernel_size=3, causal=True)
+  with tf.Graph().as_default():
+    rows = tf.constant([[3, 4, 5, 0], [7, 8, 9, 0]])
+    user, hidden = networks.peterrec_user_vectors(rows, config, "serial",
+                                                  pooling="mean")
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      user, hidden = session.run([user, hidden])
+  np.testing.assert_allclose(user, hidden.mean(axis=1), rtol=1e-6)
+  with pytest.raises(ValueError, match="pooling"):
+    modeling.user_representation(tf.zeros([1, 2, 3]), True, pooling="max")
