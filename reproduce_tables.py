@@ -474,6 +474,8 @@ class Runner(object):
     self.count = 0
     self.seconds = 0.0
     self.started = time.time()
+    self.total = None  # runs planned, for the ETA (set by the caller)
+    self._skipped = 0
 
   def _prepare(self, request):
     task, row = request.task, METHOD_ROWS[request.row]
@@ -494,6 +496,18 @@ class Runner(object):
         backbone=self.backbone_ids[row.backbone],
         checkpoint=os.path.basename(checkpoint))
     return options, fingerprint, name
+
+  def _progress(self):
+    """"done/total, elapsed, ETA" (the ETA from the runs run, not skipped)."""
+    elapsed = time.time() - self.started
+    if not self.total:
+      return "%d done, %.0f s" % (self.count, elapsed)
+    ran = self.count - self._skipped
+    left = max(self.total - self.count, 0)
+    eta = ("ETA %.0f min" % (elapsed / ran * left / 60.0) if ran else
+           "ETA -")
+    return "%d/%d, %.1f min, %s" % (self.count, self.total, elapsed / 60.0,
+                                    eta)
 
   def run_many(self, requests):
     """Runs a batch of independent requests; returns their results in order.
@@ -523,11 +537,12 @@ class Runner(object):
     metrics, seconds, skipped = outcome
     self.count += 1
     self.seconds += seconds
+    self._skipped += int(skipped)
     key = selection_key(request.task)
     best = metrics["validation"]["best"]
-    self.log("  [%d run(s) done, %.0f s] %s / %s / %s: validation %s %.4f "
+    self.log("  [%s] %s / %s / %s: validation %s %.4f "
              "at step %d, test %s %.4f%s" % (
-                 self.count, time.time() - self.started, request.task.name,
+                 self._progress(), request.task.name,
                  METHOD_ROWS[request.row].label, name, key,
                  best["metrics"][key], best["step"], key,
                  metrics["metrics"][key],
@@ -908,6 +923,10 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
                   finetune_settings, log,
                   workers=profile.get("parallel_runs", 1) if workers is None
                   else workers)
+  few_rows = [r for r in FEW_LABEL_ROWS if r in rows]
+  runner.total = len(tasks) * (
+      len(rows) * (len(learning_rates) + len(seeds) - 1) +
+      len(few_rows) * len(fractions) * len(seeds))
   records = runner.select_and_repeat(tasks, rows, learning_rates, seeds)
   for task in tasks:
     log("[%s] task %s: calibration rows" % (dataset, task.name))

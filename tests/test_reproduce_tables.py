@@ -72,6 +72,11 @@ def test_table_shape_and_numbers(first_run):
   fineall = rows[[r[0] for r in rows].index("FineAll")]
   assert fineall[-1] == "100.00"
   assert "Few labels: 0.5 of the training users" in text
+  # Progress: every run logged as done/total with an ETA; the total is
+  # 2 tasks x (4 rows x (2 rates + 1 more seed) + 2 few-label rows x 2 seeds).
+  _, _, log = first_run
+  progress = [l for l in log if re.match(r"  \[\d+/32, [\d.]+ min, ETA ", l)]
+  assert len(progress) == 32, log
   for name in ("convergence.png", "few_labels.png"):
     with open(os.path.join(output_dir, name), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
