@@ -1274,14 +1274,19 @@ def run(options):
 
   if f.do_predict and metadata["num_test"]:
     path = os.path.join(f.output_dir, PREDICTIONS_FILE)
+    tokens = data_loader.Vocabulary.load(
+        metadata["paths"]["target_vocab"]).tokens
     count = 0
     with tf.io.gfile.GFile(path + ".tmp", "w") as writer, \
         training_utils.data_loss_guard(data_files):
       for prediction in estimator.predict(eval_fn, checkpoint_path=checkpoint,
                                           yield_single_examples=True):
+        # The format of `python -m serving predict`: target tokens, with
+        # their ids in the target vocabulary as top_index.
         writer.write(json.dumps({
-            "target": int(prediction["target"]),
-            "top_ids": prediction["top_ids"].tolist(),
+            "target": tokens[int(prediction["target"])],
+            "top_ids": [tokens[i] for i in prediction["top_ids"]],
+            "top_index": prediction["top_ids"].tolist(),
             "top_scores": [round(float(s), 6)
                            for s in prediction["top_scores"]],
         }) + "\n")
@@ -1424,8 +1429,10 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_bool("do_train", True, "Train.", flag_values=fv)
   flags.DEFINE_bool("do_eval", True, "Evaluate on the whole test split.",
                     flag_values=fv)
-  flags.DEFINE_bool("do_predict", False, "Write the top target ids of each "
-                    "test example to predictions.jsonl.", flag_values=fv)
+  flags.DEFINE_bool("do_predict", False, "Write the top targets of each "
+                    "test example to predictions.jsonl (as `serving "
+                    "predict`: target tokens in top_ids, their ids in "
+                    "top_index).", flag_values=fv)
   flags.DEFINE_integer("predict_top_k", 10, "Target ids per prediction.",
                        flag_values=fv)
   flags.DEFINE_string(

@@ -205,7 +205,10 @@ def read_histories(path):
 
 
 def predict_csv(saved_model, input_csv, output, batch_size=256):
-  """Writes one JSON line per CSV line: {"line", "top_ids", "top_scores"}.
+  """Writes one JSON line per CSV line.
+
+  {"line", "top_ids" (target tokens), "top_index" (their ids in the target
+  vocabulary), "top_scores"}: the format of peterrec_finetune --do_predict.
 
   Written to a temporary file and renamed. Returns the number of users.
   """
@@ -220,6 +223,7 @@ def predict_csv(saved_model, input_csv, output, batch_size=256):
         record = {
             "line": start + i + 1,
             "top_ids": [t.decode("utf-8") for t in result["top_ids"][i]],
+            "top_index": [int(j) for j in result["top_index"][i]],
             "top_scores": [float(s) for s in result["top_scores"][i]],
         }
         lines.append(json.dumps(record))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import data_loader
 import peterrec_finetune as ft
 from ops import checkpoint as checkpoint_lib
 from tests import conftest
@@ -88,8 +89,11 @@ def test_peterrec_serial_export_and_reload(demo_data):
   with open(os.path.join(out, ft.PREDICTIONS_FILE)) as f:
     predictions = [json.loads(line) for line in f]
   assert len(predictions) == NUM_TEST
-  assert all(len(p["top_ids"]) == 10 and 0 not in p["top_ids"]
-             for p in predictions)
+  targets = data_loader.Vocabulary.load(os.path.join(
+      demo_data["finetune"], data_loader.TARGET_VOCAB_FILE)).tokens
+  assert all(len(p["top_index"]) == 10 and 0 not in p["top_index"] and
+             p["top_ids"] == [targets[i] for i in p["top_index"]] and
+             p["target"] in targets[1:] for p in predictions)
 
   # Frozen: the embeddings, 2 convolutions (weight, bias) and layer_norm1
   # (beta, gamma) of each of the 8 blocks.

@@ -157,12 +157,12 @@ def test_checkpoint_names_equal_the_original(demo_data, tmp_path, encoder,
 def test_warm_start_reproduces_golden_tested_graph(demo_data, tmp_path,
                                                    encoder, checkpoint,
                                                    softmax):
-  """--init_checkpoint, --train_steps=0: the same top-5 and metrics."""
+  """--init_checkpoint, --do_train=false: the same top-5 and metrics."""
   conftest.require_path(checkpoint + ".index")
   model_dir = str(tmp_path / encoder)
   metrics = pretrain.run(pretrain.default_settings(
       data_dir=demo_data, model_dir=model_dir, encoder=encoder,
-      init_checkpoint=checkpoint, train_steps=0, do_predict=True,
+      init_checkpoint=checkpoint, do_train=False, do_predict=True,
       eval_batch_size=4,  # 15 test rows: 3 full batches and a partial one.
       top_k=50))  # The toy checkpoints rarely hit the top 5: compare more.
   metadata = data_loader.load_metadata(demo_data)
@@ -255,7 +255,7 @@ def test_model_dir_of_another_configuration_is_refused(demo_data, tmp_path):
   model_dir = str(tmp_path / "model")
   settings = pretrain.default_settings(
       data_dir=demo_data, model_dir=model_dir, channels=8, dilations=[1],
-      train_steps=0, do_eval=False)
+      do_train=False, do_eval=False)
   pretrain.run(settings)
   with pytest.raises(ValueError, match=r"another configuration.*channels: 8 "
                      r"-> 16"):

@@ -70,7 +70,7 @@ def test_saved_model_equals_estimator_predictions(recommendation):
     result = predictor(users)
   finally:
     predictor.close()
-  want_ids = np.array([p["top_ids"] for p in expected])
+  want_ids = np.array([p["top_index"] for p in expected])
   np.testing.assert_array_equal(result["top_index"], want_ids)
   np.testing.assert_allclose(result["top_scores"],
                              [p["top_scores"] for p in expected],
@@ -113,7 +113,7 @@ def test_saved_model_cli_runs_it(recommendation, tmp_path):
   assert result.returncode == 0, result.stdout[-3000:]
   np.testing.assert_array_equal(
       np.load(os.path.join(outdir, "top_index.npy")),
-      [p["top_ids"] for p in expected[:4]])
+      [p["top_index"] for p in expected[:4]])
   shown = subprocess.run(
       [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
        "show", "--dir", export_dir, "--all"], cwd=conftest.PROJECT_ROOT,
@@ -145,8 +145,12 @@ def test_predict_command_on_a_csv(recommendation, tmp_path):
   targets = data_loader.Vocabulary.load(
       metadata["paths"]["target_vocab"]).tokens
   assert [l["line"] for l in lines] == list(range(1, len(users) + 1))
+  # One format: the Estimator's predictions.jsonl and serving's lines name
+  # the same targets the same way.
+  assert [l["top_ids"] for l in lines] == [p["top_ids"] for p in expected]
+  assert [l["top_index"] for l in lines] == [p["top_index"] for p in expected]
   assert [l["top_ids"] for l in lines] == [
-      [targets[i] for i in p["top_ids"]] for p in expected]
+      [targets[i] for i in p["top_index"]] for p in expected]
   np.testing.assert_allclose([l["top_scores"] for l in lines],
                              [p["top_scores"] for p in expected],
                              rtol=1e-5, atol=2e-6)
@@ -168,7 +172,7 @@ def test_classification_returns_class_probabilities(tmp_path):
   assert np.all(probabilities[:, 0] == 0.0)  # <UNK> is never a class
   # Same ranking of the classes as the Estimator's scores.
   np.testing.assert_array_equal(result["top_index"],
-                                [p["top_ids"] for p in expected])
+                                [p["top_index"] for p in expected])
   np.testing.assert_allclose(
       result["top_scores"],
       np.take_along_axis(probabilities, result["top_index"], axis=1))
