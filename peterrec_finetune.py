@@ -1438,8 +1438,9 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string(
       "export_dir", None, "Write a SavedModel of the fine-tuned model here "
       "(raw item-id strings in, top-k target ids and scores out; see "
-      "serving.py). With --do_train=false, exports the latest checkpoint "
-      "of --output_dir.", flag_values=fv)
+      "serving.py). With --do_train=false, exports the checkpoint of "
+      "--output_dir that the run selected (best/, else the latest).",
+      flag_values=fv)
   flags.DEFINE_bool("export_task_patch", True, "After training, write "
                     "task_patch/ (only what the task trained).",
                     flag_values=fv)

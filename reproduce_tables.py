@@ -704,62 +704,65 @@ def format_table(tasks, rows, records, digits=4, top_k=5):
   return "\n".join(lines)
 
 
-def write_figures(output_dir, tasks, records, few_label_records, top_k=5):
+def _save_panels(path, tasks, draw, title, xlabel, ylabel, log_x=False):
+  """One panel per task, `draw(axis, task, metric_key)` plotting into it."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  figure, axes = pyplot.subplots(1, len(tasks), squeeze=False,
+                                 figsize=(5.5 * len(tasks), 4))
+  for axis, task in zip(axes[0], tasks):
+    key = selection_key(task)
+    draw(axis, task, key)
+    if log_x:
+      axis.set_xscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel % key)
+    axis.set_title(title % task.name)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  pyplot.close(figure)
+  return path
+
+
+def write_figures(output_dir, tasks, records, few_label_records):
   """PNG figures: validation curves, and the metric against labelled users.
 
   Returns:
     [paths written].
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
   paths = []
-  rows = [r for r in CURVE_ROWS if any(r in records[t.name] for t in tasks)]
-  if rows:
-    figure, axes = pyplot.subplots(1, len(tasks), squeeze=False,
-                                   figsize=(5.5 * len(tasks), 4))
-    for axis, task in zip(axes[0], tasks):
-      key = selection_key(task, top_k)
-      for row in rows:
-        record = records[task.name].get(row)
-        if record is None:
-          continue
+
+  def draw_curves(axis, task, key):
+    for row in CURVE_ROWS:
+      record = records[task.name].get(row)
+      if record is not None:
         history = record["validation_histories"][0]
         axis.plot([h["step"] for h in history],
                   [h["metrics"][key] for h in history], marker=".",
                   label="%s (lr %g)" % (record["label"],
                                         record["chosen_learning_rate"]))
-      axis.set_xlabel("fine-tuning step")
-      axis.set_ylabel("validation %s" % key)
-      axis.set_title("%s: convergence (first seed)" % task.name)
-      axis.grid(alpha=0.3)
-      axis.legend(fontsize=8)
-    figure.tight_layout()
-    paths.append(os.path.join(output_dir, "convergence.png"))
-    figure.savefig(paths[-1], dpi=100)
-    pyplot.close(figure)
+
+  def draw_few_labels(axis, task, key):
+    for points in few_label_records[task.name].values():
+      points = sorted(points, key=lambda p: p["num_train_users"])
+      axis.errorbar([p["num_train_users"] for p in points],
+                    [p["test"][key]["mean"] for p in points],
+                    yerr=[p["test"][key]["sd"] for p in points],
+                    marker="o", capsize=3, label=points[0]["label"])
+
+  if any(r in records[t.name] for r in CURVE_ROWS for t in tasks):
+    paths.append(_save_panels(
+        os.path.join(output_dir, "convergence.png"), tasks, draw_curves,
+        "%s: convergence (first seed)", "fine-tuning step",
+        "validation %s"))
   if few_label_records:
-    figure, axes = pyplot.subplots(1, len(tasks), squeeze=False,
-                                   figsize=(5.5 * len(tasks), 4))
-    for axis, task in zip(axes[0], tasks):
-      key = selection_key(task, top_k)
-      series = few_label_records[task.name]
-      for row, points in series.items():
-        points = sorted(points, key=lambda p: p["num_train_users"])
-        axis.errorbar([p["num_train_users"] for p in points],
-                      [p["test"][key]["mean"] for p in points],
-                      yerr=[p["test"][key]["sd"] for p in points],
-                      marker="o", capsize=3, label=points[0]["label"])
-      axis.set_xscale("log")
-      axis.set_xlabel("labelled training users")
-      axis.set_ylabel("test %s (mean ± sd over seeds)" % key)
-      axis.set_title("%s: few labels" % task.name)
-      axis.grid(alpha=0.3)
-      axis.legend(fontsize=8)
-    figure.tight_layout()
-    paths.append(os.path.join(output_dir, "few_labels.png"))
-    figure.savefig(paths[-1], dpi=100)
-    pyplot.close(figure)
+    paths.append(_save_panels(
+        os.path.join(output_dir, "few_labels.png"), tasks, draw_few_labels,
+        "%s: few labels", "labelled training users",
+        "test %s (mean ± sd over seeds)", log_x=True))
   return paths
 
 
