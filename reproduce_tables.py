@@ -136,8 +136,8 @@ PROFILES = {
     "movielens-1m": {
         "pretrain": dict(_REAL_PRETRAIN),
         "finetune": dict(_COMMON_FINETUNE, train_batch_size=128,
-                         num_train_steps=300, eval_every_steps=30,
-                         early_stopping_patience=4),
+                         num_train_steps=240, eval_every_steps=40,
+                         early_stopping_patience=2),
         "learning_rates": [0.001, 0.0001],
         "seeds": [1, 2, 3],
         "few_label_fractions": [0.1],
