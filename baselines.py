@@ -90,7 +90,9 @@ def metrics_of_ranks(rank, top_k=5):
   hit = rank < top_k
   return {"mrr@%d" % top_k: float(np.mean(np.where(hit, 1.0 / (rank + 1),
                                                    0.0))),
-          "hr@%d" % top_k: float(np.mean(hit))}
+          "hr@%d" % top_k: float(np.mean(hit)),
+          "ndcg@%d" % top_k: float(np.mean(np.where(
+              hit, 1.0 / np.log2(rank + 2.0), 0.0)))}
 
 
 def user_independent_reference(train_targets, test, target_vocab_size,

@@ -381,7 +381,7 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
             features["masked_itemseq"], features["masked_positions"],
             features["masked_labels"], config, softmax=softmax,
             num_sampled=num_sampled)
-      # Named, so that ProgressHook can fetch it.
+      # Named, so that training_utils.ProgressHook can fetch it.
       loss = tf.identity(outputs["loss"], name=TRAIN_LOSS_NAME)
     else:
       logits, label_ids = evaluation_logits(features["itemseq"], config,
@@ -391,7 +391,7 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
       loss = (tf.reduce_sum(ranking["xent"] * weights) /
               tf.maximum(tf.reduce_sum(weights), 1.0))
 
-    _warm_start(init_checkpoint)
+    _warm_start(init_checkpoint, log=mode == tf.estimator.ModeKeys.TRAIN)
 
     if mode == tf.estimator.ModeKeys.TRAIN:
       optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate, beta1=beta1)
@@ -418,11 +418,12 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
   return model_fn
 
 
-def _warm_start(init_checkpoint):
+def _warm_start(init_checkpoint, log=True):
   """init_from_checkpoint for every model variable found in the checkpoint.
 
   When --model_dir already has a checkpoint, the Estimator restores it over
-  these initial values (resuming wins over warm-starting).
+  these initial values (resuming wins over warm-starting). `log`: say so
+  (once per run: the training graph's call).
   """
   variables = tf.compat.v1.global_variables()
   restored = set()
@@ -430,61 +431,11 @@ def _warm_start(init_checkpoint):
     assignment_map, restored = checkpoint_lib.assignment_map_from_checkpoint(
         variables, init_checkpoint)
     tf.compat.v1.train.init_from_checkpoint(init_checkpoint, assignment_map)
-  logging.info("**** Variables (%d; *INIT_FROM_CKPT* = warm-started from %s) "
-               "****", len(variables), init_checkpoint or "nothing")
-  checkpoint_lib.log_variables(variables, restored, logging.info)
-
-
-class ProgressHook(tf.estimator.SessionRunHook):
-  """Logs loss, steps/sec and examples/sec every `every_n_steps` steps.
-
-  Fetches the loss only on logging steps and counts steps locally, so it
-  adds nothing to the other steps. Also writes `examples/sec` to TensorBoard.
-  """
-
-  def __init__(self, loss_name, batch_size, every_n_steps, output_dir=None):
-    self._loss_name = loss_name
-    self._batch_size = batch_size
-    self._every_n_steps = max(1, int(every_n_steps))
-    self._output_dir = output_dir
-
-  def begin(self):
-    self._global_step = tf.compat.v1.train.get_global_step()
-    self._loss = tf.compat.v1.get_default_graph().get_tensor_by_name(
-        self._loss_name)
-    self._writer = (tf.compat.v1.summary.FileWriterCache.get(self._output_dir)
-                    if self._output_dir else None)
-
-  def after_create_session(self, session, coord):
-    del coord
-    self._step = int(session.run(self._global_step))
-    self._last_step = self._step
-    self._last_time = time.time()
-
-  def before_run(self, run_context):
-    del run_context
-    if (self._step + 1) % self._every_n_steps == 0:
-      return tf.estimator.SessionRunArgs(self._loss)
-    return None
-
-  def after_run(self, run_context, run_values):
-    del run_context
-    self._step += 1
-    if run_values.results is None:
-      return
-    now = time.time()
-    elapsed = max(now - self._last_time, 1e-9)
-    steps_per_sec = (self._step - self._last_step) / elapsed
-    examples_per_sec = steps_per_sec * self._batch_size
-    logging.info("step %d: loss = %.4f, %.2f steps/sec, %.1f examples/sec",
-                 self._step, run_values.results, steps_per_sec,
-                 examples_per_sec)
-    if self._writer is not None:
-      summary = tf.compat.v1.Summary(value=[
-          tf.compat.v1.Summary.Value(tag="examples/sec",
-                                     simple_value=examples_per_sec)])
-      self._writer.add_summary(summary, self._step)
-    self._last_step, self._last_time = self._step, now
+  if log:
+    logging.info("%d variables, %d warm-started from %s (--verbosity=1 "
+                 "lists them)", len(variables), len(restored),
+                 init_checkpoint or "nothing")
+    checkpoint_lib.log_variables(variables, restored, logging.debug)
 
 
 # ---------------------------------------------------------------------------
@@ -494,8 +445,7 @@ class ProgressHook(tf.estimator.SessionRunHook):
 
 def build_estimator(model_fn, model_dir, seed=None, save_checkpoints_steps=1000,
                     keep_checkpoint_max=5, save_summary_steps=100,
-                    log_step_count_steps=100, intra_op_threads=1,
-                    inter_op_threads=2):
+                    intra_op_threads=1, inter_op_threads=2):
   """An Estimator with the cadences of PERF_NOTES (nothing every step)."""
   run_config = tf.estimator.RunConfig(
       model_dir=model_dir,
@@ -503,10 +453,11 @@ def build_estimator(model_fn, model_dir, seed=None, save_checkpoints_steps=1000,
       save_checkpoints_steps=save_checkpoints_steps,
       keep_checkpoint_max=keep_checkpoint_max,
       save_summary_steps=save_summary_steps,
-      log_step_count_steps=log_step_count_steps,
+      log_step_count_steps=None,  # training_utils.ProgressHook reports
       session_config=training_utils.session_config(intra_op_threads,
                                                    inter_op_threads))
-  return tf.estimator.Estimator(model_fn=model_fn, config=run_config)
+  return tf.estimator.Estimator(model_fn=model_fn, config=run_config,
+                                params={})
 
 
 def final_metrics(eval_result, top_k):
@@ -624,9 +575,10 @@ def run(settings):
     logging.info("%s exists: continuing from it%s", resumed_from,
                  " (--init_checkpoint is only used by a fresh --model_dir)"
                  if init_checkpoint else "")
-  logging.info("Model configuration:\n%s", config.to_json_string())
-  logging.info("Pretraining configuration:\n%s",
-               json.dumps(pretrain_config, indent=2, sort_keys=True))
+  logging.info("Model configuration: %s",
+               json.dumps(config.to_dict(), sort_keys=True))
+  logging.info("Pretraining configuration: %s",
+               json.dumps(pretrain_config, sort_keys=True))
 
   model_fn = model_fn_builder(config, hp["softmax"], hp["learning_rate"],
                               num_sampled=num_sampled,
@@ -637,7 +589,6 @@ def run(settings):
       save_checkpoints_steps=s["save_checkpoints_steps"],
       keep_checkpoint_max=s["keep_checkpoint_max"],
       save_summary_steps=s["save_summary_steps"],
-      log_step_count_steps=s["log_step_count_steps"],
       intra_op_threads=s.get("intra_op_threads", 1),
       inter_op_threads=s.get("inter_op_threads", 2))
   masking_options = {"masked_lm_prob": s["masked_lm_prob"],
@@ -675,8 +626,9 @@ def run(settings):
   eval_result = None
   timings = {}
   if do_train:
-    hooks = [ProgressHook(TRAIN_LOSS_NAME + ":0", hp["batch_size"],
-                          s["log_step_count_steps"], model_dir)]
+    hooks = [training_utils.ProgressHook(
+        TRAIN_LOSS_NAME + ":0", hp["batch_size"], s["log_step_count_steps"],
+        train_steps, model_dir)]
     if (cluster_task is not None and cluster_task[0] == "chief" and
         cluster_task[2].get("worker") and s.get("chief_waits_for_workers_secs")):
       hooks.append(training_utils.WaitForWorkersHook(
@@ -874,9 +826,7 @@ def default_settings(**overrides):
 
 def main(argv):
   del argv
-  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.INFO)
-  logging.set_verbosity(logging.INFO)
-  tf.get_logger().propagate = False  # TensorFlow's lines once, not twice.
+  training_utils.quiet_tensorflow()
   settings = {name: getattr(flags.FLAGS, name) for name in SETTING_FLAGS}
   settings["argv"] = sys.argv
   try:

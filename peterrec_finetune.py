@@ -314,16 +314,16 @@ def _assignment_sources(method, init_checkpoint, task_patch, variables,
 
 def _log_variables(variables, trained, restored):
   trained_names = {checkpoint_lib.variable_name(v) for v in trained}
-  logging.info("**** Variables (%d trained of %d) ****", len(trained),
-               len(variables))
+  logging.info("%d variables: %d trained, %d restored (--verbosity=1 lists "
+               "them)", len(variables), len(trained), len(restored))
   for variable in variables:
     name = checkpoint_lib.variable_name(variable)
     marks = []
     if name in restored:
       marks.append("*INIT_FROM_CKPT*")
     marks.append("TRAINED" if name in trained_names else "frozen")
-    logging.info("  name = %s, shape = %s, %s", name, variable.shape,
-                 ", ".join(marks))
+    logging.debug("  name = %s, shape = %s, %s", name, variable.shape,
+                  ", ".join(marks))
 
 
 def model_fn_builder(model_config, init_checkpoint, method, insertion,
@@ -644,6 +644,7 @@ def check_resumable(output_dir, config, metadata):
         "--output_dir %s holds checkpoint %s of another dataset or "
         "configuration, which this run would resume from:\n  %s\nUse "
         "another --output_dir." % (output_dir, latest, "\n  ".join(problems)))
+  logging.info("%s exists: continuing from it", latest)
 
 
 def parameter_report(config, method, insertion, cardinality,
@@ -880,8 +881,7 @@ def load_task_patch(patch_dir, backbone_checkpoint=None):
 
 
 def make_estimator(model_fn, model_dir, save_checkpoints_steps=1000,
-                   save_summary_steps=100, log_step_count_steps=100,
-                   keep_checkpoint_max=5, tf_random_seed=None,
+                   save_summary_steps=100, keep_checkpoint_max=5, tf_random_seed=None,
                    intra_op_threads=1, inter_op_threads=2,
                    save_graph_def=False):
   """An Estimator with the session config and cadences of PERF_NOTES.md.
@@ -894,7 +894,7 @@ def make_estimator(model_fn, model_dir, save_checkpoints_steps=1000,
       checkpoint_save_graph_def=save_graph_def,
       save_checkpoints_steps=save_checkpoints_steps,
       save_summary_steps=save_summary_steps,
-      log_step_count_steps=log_step_count_steps,
+      log_step_count_steps=None,  # training_utils.ProgressHook reports
       keep_checkpoint_max=keep_checkpoint_max,
       session_config=training_utils.session_config(intra_op_threads,
                                                    inter_op_threads))
@@ -1093,7 +1093,7 @@ def run(options):
     if not restores_backbone(method):
       init_checkpoint = None  # random initialization: nothing restored
   logging.info("Backbone configuration (from %s): %s", config_source,
-               config.to_json_string())
+               json.dumps(config.to_dict(), sort_keys=True))
   cls_position = f.cls_position
   if patch_description is not None:
     cls_position = patch_description.get("cls_position") or "end"
@@ -1148,7 +1148,6 @@ def run(options):
   estimator = make_estimator(
       model_fn, model_dir, save_checkpoints_steps=f.save_checkpoints_steps,
       save_summary_steps=f.save_summary_steps,
-      log_step_count_steps=f.log_step_count_steps,
       keep_checkpoint_max=f.keep_checkpoint_max,
       tf_random_seed=tf_random_seed, intra_op_threads=f.intra_op_threads,
       inter_op_threads=f.inter_op_threads, save_graph_def=f.save_graph_def)
@@ -1174,7 +1173,9 @@ def run(options):
                                         metadata["target_frequencies"]),
         rho=f.rho, seed=f.seed, row_mask=plan["train_mask"],
         cls_at_start=cls_at_start)
-    hooks = []
+    hooks = [training_utils.ProgressHook(
+        "total_loss:0", f.train_batch_size, f.log_step_count_steps,
+        num_steps, model_dir)]
     if plan["validation_mask"] is not None:
       selection = training_utils.BestCheckpointHook(
           estimator, eval_input_fn(
@@ -1452,8 +1453,9 @@ def define_flags(flag_values=flags.FLAGS):
                        flag_values=fv)
   flags.DEFINE_integer("save_summary_steps", 100, "Summary cadence.",
                        flag_values=fv)
-  flags.DEFINE_integer("log_step_count_steps", 100, "Cadence of the loss "
-                       "and steps/s log.", flag_values=fv)
+  flags.DEFINE_integer("log_step_count_steps", 100, "Cadence of the "
+                       "progress line (step/total, loss, speed, ETA).",
+                       flag_values=fv)
   flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.",
                        flag_values=fv)
   flags.DEFINE_bool("save_graph_def", False, "Write graph.pbtxt and .meta "
@@ -1473,6 +1475,7 @@ def default_options():
 
 def main(argv):
   del argv
+  training_utils.quiet_tensorflow()
   options = {name: flags.FLAGS[name].value for name in default_options()}
   try:
     run(options)

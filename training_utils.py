@@ -463,3 +463,101 @@ class BestCheckpointHook(tf.estimator.experimental.InMemoryEvaluatorHook):
     if self.best is None:
       return None
     return os.path.join(self._best_dir, self.best["checkpoint"])
+
+
+# ---------------------------------------------------------------------------
+# Progress and logs
+# ---------------------------------------------------------------------------
+
+
+def format_duration(seconds):
+  """7 -> "0:07", 3725 -> "1:02:05"."""
+  seconds = int(round(max(seconds, 0)))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return "%d:%02d:%02d" % (hours, minutes, seconds)
+  return "%d:%02d" % (minutes, seconds)
+
+
+class ProgressHook(tf.estimator.SessionRunHook):
+  """Logs step/total, loss, speed, elapsed time and ETA every N steps.
+
+  Fetches the loss only on logging steps and counts steps locally, so it
+  adds nothing to the other steps. Also writes `global_step/sec` and
+  `examples/sec` to TensorBoard (the Estimator's own step counter and loss
+  logger are off: one line per report, not three).
+  """
+
+  def __init__(self, loss_name, batch_size, every_n_steps, total_steps,
+               output_dir=None, log=logging.info):
+    self._loss_name = loss_name
+    self._batch_size = batch_size
+    self._every_n_steps = max(1, int(every_n_steps))
+    self._total_steps = int(total_steps)
+    self._output_dir = output_dir
+    self._log = log
+
+  def begin(self):
+    self._global_step = tf.compat.v1.train.get_global_step()
+    self._loss = tf.compat.v1.get_default_graph().get_tensor_by_name(
+        self._loss_name)
+    self._writer = (tf.compat.v1.summary.FileWriterCache.get(self._output_dir)
+                    if self._output_dir else None)
+
+  def after_create_session(self, session, coord):
+    del coord
+    self._step = int(session.run(self._global_step))
+    self._first_step = self._step
+    self._last_step = self._step
+    self._start_time = self._last_time = time.time()
+
+  def before_run(self, run_context):
+    del run_context
+    next_step = self._step + 1
+    if next_step % self._every_n_steps == 0 or next_step == self._total_steps:
+      return tf.estimator.SessionRunArgs(self._loss)
+    return None
+
+  def after_run(self, run_context, run_values):
+    del run_context
+    self._step += 1
+    if run_values.results is None:
+      return
+    now = time.time()
+    steps_per_sec = (self._step - self._last_step) / max(
+        now - self._last_time, 1e-9)
+    elapsed = now - self._start_time
+    rate = (self._step - self._first_step) / max(elapsed, 1e-9)
+    left = max(self._total_steps - self._step, 0)
+    self._log("step %d/%d (%d%%): loss %.4f, %.1f steps/s, %.0f examples/s, "
+              "elapsed %s, ETA %s" % (
+                  self._step, self._total_steps,
+                  100 * self._step // max(self._total_steps, 1),
+                  run_values.results, steps_per_sec,
+                  steps_per_sec * self._batch_size, format_duration(elapsed),
+                  format_duration(left / max(rate, 1e-9))))
+    if self._writer is not None:
+      self._writer.add_summary(tf.compat.v1.Summary(value=[
+          tf.compat.v1.Summary.Value(tag="global_step/sec",
+                                     simple_value=steps_per_sec),
+          tf.compat.v1.Summary.Value(tag="examples/sec",
+                                     simple_value=steps_per_sec *
+                                     self._batch_size)]), self._step)
+    self._last_step, self._last_time = self._step, now
+
+
+def quiet_tensorflow():
+  """The default log of the scripts: each fact once, and what a person reads.
+
+  TensorFlow's deprecation notices off; TensorFlow's own INFO lines (graph
+  finalized, checkpoint listeners, ...) only with --verbosity=1 or more,
+  which also lists the variables; TensorFlow's lines printed once (by its
+  own handler, not again through absl).
+  """
+  from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
+  deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+  tf.get_logger().propagate = False
+  tf.compat.v1.logging.set_verbosity(
+      tf.compat.v1.logging.INFO if logging.get_verbosity() >= logging.DEBUG
+      else tf.compat.v1.logging.WARN)

@@ -2,7 +2,7 @@
 
 (b) builds exactly what the scripts build: `nextitnet_pretrain.model_fn_builder`
 with `nextitnet_pretrain.input_fn_builder` and `build_estimator` (plus the
-script's ProgressHook), or `peterrec_finetune.model_fn_builder` with
+script's training_utils.ProgressHook), or `peterrec_finetune.model_fn_builder` with
 `data_loader.finetune_input_fn_builder` and `make_estimator`, at the
 scripts' default settings. Each repetition trains a fresh model directory
 (`Estimator.train`) in which a hook times windows of steps after warm-up:
@@ -154,9 +154,9 @@ class EstimatorTraining(object):
   def _script_hooks(self, model_dir):
     """The hooks the script's own `run` adds to `Estimator.train`."""
     if self._workload.startswith("pretrain"):
-      return [nextitnet_pretrain.ProgressHook(
+      return [training_utils.ProgressHook(
           nextitnet_pretrain.TRAIN_LOSS_NAME + ":0", self.batch_size, 100,
-          model_dir)]
+          total_steps=10 ** 9, output_dir=model_dir)]
     return []
 
   def session_config(self):

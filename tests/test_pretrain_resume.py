@@ -1,5 +1,6 @@
 """Killing a pretraining run and running the same command again resumes it."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,8 +63,11 @@ def test_kill_and_rerun_resumes_from_last_checkpoint(tmp_path):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=120)
   assert result.returncode == 0, result.stdout[-3000:]
-  assert ("Restoring parameters from %s/model.ckpt-%d" %
+  assert ("%s/model.ckpt-%d exists: continuing from it" %
           (model_dir, killed_at)) in result.stdout
   assert _checkpoint_steps(model_dir)[-1] == train_steps
   # Steps counted from the restored step, not from 0.
-  assert "step = %d" % killed_at in result.stdout
+  reported = [int(step) for step in re.findall(
+      r"step (\d+)/%d \(" % train_steps, result.stdout)]
+  assert reported and min(reported) > killed_at, result.stdout[-3000:]
+  assert reported[-1] == train_steps

@@ -130,7 +130,7 @@ def test_finetune_kill_and_rerun_resumes(tmp_path):
 
   result = run_command(command)
   assert result.returncode == 0, result.stdout[-3000:]
-  assert ("Restoring parameters from %s/model.ckpt-%d" %
+  assert ("%s/model.ckpt-%d exists: continuing from it" %
           (output_dir, killed_at)) in result.stdout
   assert checkpoint_steps(output_dir)[-1] == train_steps
   with open(os.path.join(output_dir, ft.METRICS_FILE)) as f:

@@ -3,6 +3,7 @@ odd but harmless input accepted, output files readable by others, metrics
 printed beside a user-independent reference."""
 import json
 import os
+import re
 import stat
 import sys
 
@@ -104,3 +105,34 @@ def test_outputs_are_readable_by_others(tmp_path):
   assert len(row) == 1
   assert row[0].split("|")[3].strip() == "%.4f" % reference["hr@5"]
   assert "| metric " in result.stdout and "| reference |" in result.stdout
+
+
+def _messages(output):
+  """Output lines without absl's "I1202 07:57:16.04 123 file.py:12] " prefix."""
+  return [re.sub(r"^[IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ", "", line)
+          for line in output.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("script", ["finetune", "pretrain"])
+def test_a_300_step_run_prints_a_screenful_with_progress(tmp_path, script):
+  if script == "finetune":
+    command = [sys.executable, FINETUNE_SCRIPT,
+               "--data_dir=" + finetune_world(str(tmp_path)),
+               "--output_dir=%s" % (tmp_path / "out")] + TINY_FINETUNE_FLAGS
+  else:
+    command = [sys.executable, PRETRAIN_SCRIPT,
+               "--data_dir=" + pretrain_data(str(tmp_path)),
+               "--model_dir=%s" % (tmp_path / "out")] + TINY_PRETRAIN_FLAGS
+  result = run_command(command + ["--log_step_count_steps=50",
+                                  {"finetune": "--num_train_steps=300",
+                                   "pretrain": "--train_steps=300"}[script]])
+  assert result.returncode == 0, result.stdout[-3000:]
+  messages = _messages(result.stdout)
+  assert len(messages) <= 60, "\n".join(messages)
+  assert len(set(messages)) == len(messages), "\n".join(messages)
+  progress = [m for m in messages if re.match(
+      r"step \d+/300 \(\d+%\): loss [\d.]+, .*elapsed [\d:]+, ETA [\d:]+$",
+      m)]
+  assert len(progress) == 6, "\n".join(messages)  # every 50 of 300 steps
+  assert not [m for m in messages if "deprecat" in m.lower()]
+  assert not [m for m in messages if "name = " in m]  # variables: -v 1
