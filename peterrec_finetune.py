@@ -881,9 +881,9 @@ def load_task_patch(patch_dir, backbone_checkpoint=None):
 
 
 def make_estimator(model_fn, model_dir, save_checkpoints_steps=1000,
-                   save_summary_steps=100, keep_checkpoint_max=5, tf_random_seed=None,
-                   intra_op_threads=1, inter_op_threads=2,
-                   save_graph_def=False):
+                   save_summary_steps=100, keep_checkpoint_max=5,
+                   tf_random_seed=None, intra_op_threads=1,
+                   inter_op_threads=2, save_graph_def=False):
   """An Estimator with the session config and cadences of PERF_NOTES.md.
 
   `save_graph_def=False` skips graph.pbtxt and the checkpoints' .meta files
@@ -1154,7 +1154,6 @@ def run(options):
 
   outputs = {"parameters": report}
   data_files = [metadata["paths"]["train"], metadata["paths"]["test"]]
-  selection = None
   if f.do_train:
     if metadata["num_train"] == 0:
       raise CompatibilityError("the training split of %s is empty" %
@@ -1177,7 +1176,7 @@ def run(options):
         "total_loss:0", f.train_batch_size, f.log_step_count_steps,
         num_steps, model_dir)]
     if plan["validation_mask"] is not None:
-      selection = training_utils.BestCheckpointHook(
+      hooks.append(training_utils.BestCheckpointHook(
           estimator, eval_input_fn(
               metadata, config, f.task, f.eval, f.num_eval_negatives,
               f.distinct_negatives, f.eval_seed, f.eval_batch_size,
@@ -1186,8 +1185,7 @@ def run(options):
           every_n_steps=f.eval_every_steps or max(1, num_steps // 10),
           metric=selection_metric(f.task, f.selection_metric, f.top_k),
           best_dir=os.path.join(f.output_dir, BEST_DIR),
-          patience=f.early_stopping_patience, log=print)
-      hooks.append(selection)
+          patience=f.early_stopping_patience, log=print))
     logging.info("Training %s for %d steps of batch %d (%d training "
                  "examples)", method, num_steps, f.train_batch_size,
                  plan["num_train"])
