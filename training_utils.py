@@ -367,7 +367,8 @@ class BestCheckpointHook(tf.estimator.experimental.InMemoryEvaluatorHook):
   * requests a stop after `patience` evaluations in a row below the best
     (0 = never).
 
-  `history` and `best` are available after training.
+  `history` and `best` are available after training;
+  `peterrec_finetune.selected_checkpoint` reads the best one back.
   """
 
   def __init__(self, estimator, input_fn, every_n_steps, metric, best_dir,
@@ -457,12 +458,6 @@ class BestCheckpointHook(tf.estimator.experimental.InMemoryEvaluatorHook):
     super(BestCheckpointHook, self).after_run(run_context, run_values)
     if self._stop_requested:
       run_context.request_stop()
-
-  def best_checkpoint(self):
-    """Path prefix of the best checkpoint, or None before any evaluation."""
-    if self.best is None:
-      return None
-    return os.path.join(self._best_dir, self.best["checkpoint"])
 
 
 # ---------------------------------------------------------------------------
