@@ -14,6 +14,7 @@ def test_ranking_metrics_by_hand():
   got = baselines.ranking_metrics(positive, negatives, top_k=3)
   assert got["hr@3"] == 2.0 / 3
   assert abs(got["mrr@3"] - (1.0 + 1.0 / 3) / 3) < 1e-12
+  assert abs(got["ndcg@3"] - (1.0 + 1.0 / np.log2(4)) / 3) < 1e-12
 
 
 def test_reference_is_majority_and_popularity():
@@ -25,7 +26,7 @@ def test_reference_is_majority_and_popularity():
   # Popularity 2 > 1 = 3: ranks 0, 1 (tie with 1 counts against), 0.
   got = baselines.user_independent_reference(train_targets, test, 4, False,
                                              top_k=1)
-  assert got == {"mrr@1": 2.0 / 3, "hr@1": 2.0 / 3}
+  assert got == {"mrr@1": 2.0 / 3, "hr@1": 2.0 / 3, "ndcg@1": 2.0 / 3}
 
 
 def _planted(tmp_path, classification, num_users=300):
