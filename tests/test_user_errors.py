@@ -100,7 +100,7 @@ def test_outputs_are_readable_by_others(tmp_path):
   with open(out / "metrics.json") as f:
     summary = json.load(f)
   reference = summary["user_independent_reference"]
-  assert set(reference) == {"mrr@5", "hr@5"}
+  assert set(reference) == {"mrr@5", "hr@5", "ndcg@5"}
   row = [l for l in result.stdout.splitlines() if l.startswith("| hr@5 ")]
   assert len(row) == 1
   assert row[0].split("|")[3].strip() == "%.4f" % reference["hr@5"]
