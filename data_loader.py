@@ -28,6 +28,7 @@ import json
 import os
 import re
 import struct
+import uuid
 import zlib
 
 import numpy as np
@@ -54,6 +55,12 @@ ITEM_VOCAB_FILE = "item_vocab.txt"
 TARGET_VOCAB_FILE = "target_vocab.txt"
 FORMAT_VERSION = 2  # 2: fine-tuning records carry `user`
 SPLIT_BY = ("row", "user")
+# What a fine-tuning dataset's targets are: items to recommend, or class
+# labels (user profile). Decided at conversion, recorded in metadata.json.
+TASKS = ("recommendation", "classification")
+# `infer_task` calls a dataset classification only when every line has one
+# target and there are at most this many distinct ones.
+MAX_INFERRED_CLASSES = 32
 
 DEFAULT_SHUFFLE_BUFFER = 10000
 
@@ -78,17 +85,65 @@ class DataFormatError(DatasetError):
 
 
 # ---------------------------------------------------------------------------
+# Files: local paths or any tf.io.gfile file system (gs://, hdfs://, ram://)
+# ---------------------------------------------------------------------------
+
+
+def is_url(path):
+  return "://" in path
+
+
+def absolute_path(path):
+  """`path` made absolute; URLs (gs://..., ram://...) are returned as is."""
+  return path if is_url(path) else os.path.abspath(path)
+
+
+def _temporary_name(path):
+  """A hidden name next to `path`, unique to this process and call."""
+  directory, name = os.path.split(path)
+  return os.path.join(directory, ".%s.tmp-%d-%s" %
+                      (name, os.getpid(), uuid.uuid4().hex[:8]))
+
+
+def remove_if_exists(path):
+  if tf.io.gfile.exists(path):
+    tf.io.gfile.remove(path)
+
+
+def write_text_atomic(path, text):
+  """Writes `text` to `path` through a temporary name and a rename.
+
+  Works on any tf.io.gfile file system. A local file gets the permissions
+  a plain `open(path, "w")` would give (0666 less the umask).
+  """
+  tf.io.gfile.makedirs(os.path.dirname(absolute_path(path)))
+  temporary = _temporary_name(path)
+  try:
+    with tf.io.gfile.GFile(temporary, "w") as writer:
+      writer.write(text)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+  except BaseException:
+    remove_if_exists(temporary)
+    raise
+
+
+def read_text(path):
+  with tf.io.gfile.GFile(path, "r") as reader:
+    return reader.read()
+
+
+# ---------------------------------------------------------------------------
 # Reading text files (.gz transparently)
 # ---------------------------------------------------------------------------
 
 
 def check_input_file(path, what="input file"):
   """Raises DatasetError unless `path` is an existing, non-empty file."""
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     raise DatasetError("%s not found: %s" % (what, path))
-  if os.path.isdir(path):
+  if tf.io.gfile.isdir(path):
     raise DatasetError("%s is a directory, expected a file: %s" % (what, path))
-  if os.path.getsize(path) == 0:
+  if tf.io.gfile.stat(path).length == 0:
     raise DatasetError("%s is empty: %s" % (what, path))
 
 
@@ -116,8 +171,9 @@ def iter_text_lines(path, progress_fn=None, encoding="utf-8",
     DataFormatError: a line that is not valid `encoding`.
   """
   check_input_file(path)
-  total_bytes = os.path.getsize(path)
-  raw = open(path, "rb")
+  total_bytes = tf.io.gfile.stat(path).length
+  # Local files through Python's own reader (faster line iteration).
+  raw = (tf.io.gfile.GFile(path, "rb") if is_url(path) else open(path, "rb"))
   try:
     is_gzip = raw.read(2) == b"\x1f\x8b"
     raw.seek(0)
@@ -160,7 +216,7 @@ def iter_text_lines(path, progress_fn=None, encoding="utf-8",
 def file_sha1(path):
   """Hex SHA-1 of a file's bytes (as stored, not decompressed)."""
   digest = hashlib.sha1()
-  with open(path, "rb") as f:
+  with tf.io.gfile.GFile(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
@@ -348,16 +404,7 @@ class Vocabulary(object):
 
   def save(self, path):
     """Writes the vocabulary to `path` (via a temporary name and a rename)."""
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, ".%s.tmp-%d" % (name, os.getpid()))
-    try:
-      with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(self._serialize())
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    write_text_atomic(path, self._serialize())
 
   @classmethod
   def load(cls, path):
@@ -403,6 +450,28 @@ item_vocab, target_vocab: the Vocabulary objects used.
 num_unknown_items / num_unknown_item_types: source tokens missing from a
   given item vocabulary (occurrences / distinct); 0 when refitted.
 """
+
+
+def infer_task(targets):
+  """The task of fine-tuning targets, and why: (task, reason).
+
+  Classification (class labels such as a gender) when every user has
+  exactly one target and there are at most MAX_INFERRED_CLASSES distinct
+  ones; recommendation (target items) otherwise.
+
+  Args:
+    targets: one list of target tokens per user.
+  """
+  distinct = len(set(t for row in targets for t in row))
+  if all(len(row) == 1 for row in targets) and (
+      distinct <= MAX_INFERRED_CLASSES):
+    return "classification", ("every line has one target, %d distinct (at "
+                               "most %d)" % (distinct, MAX_INFERRED_CLASSES))
+  many = max(len(row) for row in targets) if targets else 0
+  if many > 1:
+    return "recommendation", "some lines have %d targets" % many
+  return "recommendation", "%d distinct targets (more than %d)" % (
+      distinct, MAX_INFERRED_CLASSES)
 
 
 def header_suspect(token_lists, min_lines=3):
@@ -715,7 +784,7 @@ _REQUIRED_KEYS = {
 
 def dataset_paths(data_dir, kind):
   """{role: absolute path} of the files of a converted dataset."""
-  data_dir = os.path.abspath(data_dir)
+  data_dir = absolute_path(data_dir)
   paths = {
       "metadata": os.path.join(data_dir, METADATA_FILE),
       "train": os.path.join(data_dir, TRAIN_FILE),
@@ -730,13 +799,12 @@ def dataset_paths(data_dir, kind):
 def read_metadata_json(data_dir):
   """Parses `data_dir/metadata.json` without checking the other files."""
   path = os.path.join(data_dir, METADATA_FILE)
-  if not os.path.isfile(path):
+  if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
     raise DatasetError("no %s in %s: not a converted dataset (run "
                        "python -m tfrecord_tools.convert_csv)" %
                        (METADATA_FILE, data_dir))
   try:
-    with open(path, "r", encoding="utf-8") as f:
-      metadata = json.load(f)
+    metadata = json.loads(read_text(path))
   except (ValueError, UnicodeDecodeError) as e:
     raise DatasetError("%s is not valid JSON: %s" % (path, e))
   if not isinstance(metadata, dict) or metadata.get("kind") not in KINDS:
@@ -750,7 +818,7 @@ def _first_record(path):
   Reads the framing directly (uint64 length, uint32 CRC, data, uint32 CRC)
   so that it works the same with and without eager execution.
   """
-  with open(path, "rb") as f:
+  with tf.io.gfile.GFile(path, "rb") as f:
     header = f.read(12)
     if not header:
       return None
@@ -805,7 +873,7 @@ def load_metadata(data_dir):
     raise DatasetError("%s lacks the keys %s" % (meta_path, missing))
   paths = dataset_paths(data_dir, kind)
   for role, path in sorted(paths.items()):
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
       raise DatasetError("%s lists a %s dataset, but %s is missing" %
                          (meta_path, kind, path))
   vocab_checks = [("item_vocab", "item_vocab_size", "item_vocab_sha1")]
@@ -843,8 +911,13 @@ def load_metadata(data_dir):
   for role in ("train", "test"):
     _check_first_record(paths[role], expected, meta_path)
   metadata = dict(metadata)
+  if kind == FINETUNE:
+    metadata.setdefault("task", None)  # None: converted before it was kept
+    if metadata["task"] not in TASKS + (None,):
+      raise DatasetError("%s: task must be one of %s, got %r" %
+                         (meta_path, TASKS, metadata["task"]))
   metadata["paths"] = paths
-  metadata["data_dir"] = os.path.abspath(data_dir)
+  metadata["data_dir"] = absolute_path(data_dir)
   return metadata
 
 

@@ -202,9 +202,9 @@ def write_model_dir_files(model_dir, config, pretrain_config, item_vocab_path):
   training_utils.write_json_atomic(
       os.path.join(model_dir, PRETRAIN_CONFIG_FILENAME), pretrain_config)
   if item_vocab_path:
-    with open(item_vocab_path, encoding="utf-8") as reader:
-      training_utils.write_text_atomic(
-          os.path.join(model_dir, data_loader.ITEM_VOCAB_FILE), reader.read())
+    training_utils.write_text_atomic(
+        os.path.join(model_dir, data_loader.ITEM_VOCAB_FILE),
+        data_loader.read_text(item_vocab_path))
 
 
 # ---------------------------------------------------------------------------

@@ -90,7 +90,7 @@ METHODS = ("peterrec", "peterzero", "scratch", "fineall", "finecls",
 PATCH_METHODS = ("peterrec", "peterzero")
 RANDOM_INIT_METHODS = ("peterzero", "scratch")
 INSERTIONS = ("serial", "parallel")
-TASKS = ("recommendation", "classification")
+TASKS = data_loader.TASKS
 LOSSES = ("bce", "bpr", "softmax")
 SAMPLERS = ("uniform", "lambdafm")
 EVAL_PROTOCOLS = ("sampled", "full")
@@ -615,6 +615,49 @@ def check_compatibility(init_checkpoint, config, metadata):
       raise CompatibilityError(str(e))
 
 
+def resolve_task(task_flag, metadata, patch_description=None,
+                 output_dir=None):
+  """The task of a run: every source that states one must agree.
+
+  Sources: the flag, the dataset's metadata (recorded at conversion), the
+  task patch's description, and the parameters.json of a checkpoint in
+  `output_dir` that this run would continue from.
+
+  Returns:
+    "recommendation" or "classification"; recommendation, with a warning,
+    when nothing states one (a dataset converted before tasks were kept).
+
+  Raises:
+    CompatibilityError naming the two sources that disagree.
+  """
+  stated = []
+  if task_flag:
+    stated.append(("--task", task_flag))
+  if metadata.get("task"):
+    stated.append(("the dataset %s (metadata.json)" % metadata["data_dir"],
+                   metadata["task"]))
+  if patch_description is not None and patch_description.get("task"):
+    stated.append(("the task patch", patch_description["task"]))
+  previous = os.path.join(output_dir or "", PARAMETERS_FILE)
+  if (output_dir and tf.train.latest_checkpoint(output_dir) and
+      tf.io.gfile.exists(previous)):
+    task = json.loads(data_loader.read_text(previous)).get("task")
+    if task:
+      stated.append(("the checkpoint in --output_dir %s (%s)" %
+                     (output_dir, PARAMETERS_FILE), task))
+  for (source, task), (other, other_task) in zip(stated, stated[1:]):
+    if task != other_task:
+      raise CompatibilityError(
+          "task: %s says %s, but %s says %s" %
+          (source, task, other, other_task))
+  if stated:
+    return stated[0][1]
+  logging.warning("%s was converted before tasks were recorded: taking it "
+                  "as recommendation (pass --task=classification for class "
+                  "labels)", metadata["data_dir"])
+  return "recommendation"
+
+
 def check_resumable(output_dir, config, metadata):
   """Refuses an --output_dir whose checkpoint belongs to other data/config.
 
@@ -789,7 +832,7 @@ def export_task_patch(finetuned_checkpoint, output_dir, config, method,
   backbone_checkpoint = None
   if frozen_names:
     if restores_backbone(method):
-      backbone_checkpoint = os.path.abspath(
+      backbone_checkpoint = data_loader.absolute_path(
           checkpoint_lib.resolve_checkpoint(init_checkpoint))
       base = checkpoint_lib.model_variable_shapes(backbone_checkpoint)
       frozen_names = [n for n in frozen_names if n in base]
@@ -800,7 +843,7 @@ def export_task_patch(finetuned_checkpoint, output_dir, config, method,
           {name: reader.get_tensor(name) for name in frozen_names},
           os.path.join(staging, FROZEN_BACKBONE_PREFIX))
       training_utils.replace_dir(staging, backbone_dir)
-      backbone_checkpoint = os.path.abspath(
+      backbone_checkpoint = data_loader.absolute_path(
           os.path.join(backbone_dir, FROZEN_BACKBONE_PREFIX))
   description = {
       "method": method,
@@ -817,7 +860,7 @@ def export_task_patch(finetuned_checkpoint, output_dir, config, method,
       "backbone_fingerprint": (variables_fingerprint(backbone_checkpoint,
                                                      frozen_names)
                                if backbone_checkpoint else None),
-      "finetuned_checkpoint": os.path.abspath(finetuned_checkpoint),
+      "finetuned_checkpoint": data_loader.absolute_path(finetuned_checkpoint),
       "task_patch_bytes": checkpoint_bytes(patch_prefix),
       "finetuned_checkpoint_bytes": checkpoint_bytes(finetuned_checkpoint),
       "backbone_checkpoint_bytes": (checkpoint_bytes(backbone_checkpoint)
@@ -1111,7 +1154,9 @@ def run(options):
   if (cls_at_start or user_vector != "cls") and f.export_dir:
     raise CompatibilityError("--export_dir serves the original [CLS]-at-end "
                              "user vector only")
-  check_eval_options(metadata, f.task, f.eval, f.num_eval_negatives,
+  task = resolve_task(f.task, metadata, patch_description,
+                      f.output_dir if task_patch is None else None)
+  check_eval_options(metadata, task, f.eval, f.num_eval_negatives,
                      f.distinct_negatives)
   if f.loss == "softmax" and f.sampler == "lambdafm":
     raise ValueError("--sampler=lambdafm draws negatives for bce/bpr; the "
@@ -1125,12 +1170,13 @@ def run(options):
   training_utils.write_json_atomic(
       os.path.join(f.output_dir, PARAMETERS_FILE if task_patch is None else
                    PATCH_PARAMETERS_FILE),
-      dict(report, insertion=insertion if uses_patches(method) else None,
+      dict(report, task=task,
+           insertion=insertion if uses_patches(method) else None,
            cardinality=cardinality if uses_patches(method) else None,
            model_config=config.to_dict(), config_source=config_source))
 
   model_fn = model_fn_builder(
-      config, init_checkpoint, method, insertion, cardinality, f.task,
+      config, init_checkpoint, method, insertion, cardinality, task,
       metadata["target_vocab_size"], loss=f.loss,
       learning_rate=f.learning_rate, beta1=f.beta1, eval_protocol=f.eval,
       top_k=f.top_k, predict_top_k=f.predict_top_k, task_patch=task_patch,
@@ -1178,12 +1224,12 @@ def run(options):
     if plan["validation_mask"] is not None:
       hooks.append(training_utils.BestCheckpointHook(
           estimator, eval_input_fn(
-              metadata, config, f.task, f.eval, f.num_eval_negatives,
+              metadata, config, task, f.eval, f.num_eval_negatives,
               f.distinct_negatives, f.eval_seed, f.eval_batch_size,
               split="train", row_mask=plan["validation_mask"],
               cls_at_start=cls_at_start),
           every_n_steps=f.eval_every_steps or max(1, num_steps // 10),
-          metric=selection_metric(f.task, f.selection_metric, f.top_k),
+          metric=selection_metric(task, f.selection_metric, f.top_k),
           best_dir=os.path.join(f.output_dir, BEST_DIR),
           patience=f.early_stopping_patience, log=print))
     logging.info("Training %s for %d steps of batch %d (%d training "
@@ -1195,7 +1241,7 @@ def run(options):
   checkpoint = (selected_checkpoint(model_dir) if task_patch is None
                 else None)
 
-  eval_fn = eval_input_fn(metadata, config, f.task, f.eval,
+  eval_fn = eval_input_fn(metadata, config, task, f.eval,
                           f.num_eval_negatives, f.distinct_negatives,
                           f.eval_seed, f.eval_batch_size,
                           cls_at_start=cls_at_start)
@@ -1207,13 +1253,13 @@ def run(options):
         results = estimator.evaluate(eval_fn, name="test",
                                      checkpoint_path=checkpoint)
       metrics = _float_metrics(results)
-      protocol = ("accuracy over all classes" if f.task == "classification"
+      protocol = ("accuracy over all classes" if task == "classification"
                   else f.eval)
       reference = baselines.test_reference(
-          metadata, f.task == "classification", f.eval, f.num_eval_negatives,
+          metadata, task == "classification", f.eval, f.num_eval_negatives,
           f.eval_seed, f.eval_batch_size, f.distinct_negatives, f.top_k)
       summary = {
-          "method": method, "task": f.task, "eval": protocol,
+          "method": method, "task": task, "eval": protocol,
           "insertion": insertion if uses_patches(method) else None,
           "num_eval_negatives": (f.num_eval_negatives
                                  if protocol == "sampled" else None),
@@ -1233,14 +1279,14 @@ def run(options):
       print(training_utils.format_metrics_table(
           metrics, title="Test metrics of %s (%s, %s, %d examples; "
           "reference: the same score for every user, by training "
-          "frequency)" % (method, f.task, protocol, metadata["num_test"]),
+          "frequency)" % (method, task, protocol, metadata["num_test"]),
           reference=reference))
       outputs["metrics"] = summary
 
   if f.do_train and f.export_task_patch:
     description = export_task_patch(
         checkpoint, f.output_dir, config, method,
-        insertion, cardinality, f.task, metadata["target_vocab_size"],
+        insertion, cardinality, task, metadata["target_vocab_size"],
         init_checkpoint,
         extra={"tf_random_seed": f.tf_random_seed,
                "eval_seed": f.eval_seed, "cls_position": cls_position,
@@ -1264,7 +1310,7 @@ def run(options):
                                % f.output_dir)
     serving.export_saved_model(
         f.export_dir, checkpoint, config, method, insertion, cardinality,
-        f.task, metadata["paths"]["item_vocab"],
+        task, metadata["paths"]["item_vocab"],
         metadata["paths"]["target_vocab"], metadata["source_length"],
         top_k=f.predict_top_k)
     print("SavedModel: %s (python -m serving predict --saved_model=%s "
@@ -1352,8 +1398,10 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_integer("cardinality", 1, "Branches of each model patch "
                        "(1 = ResNet-style).", flag_values=fv)
   flags.DEFINE_enum(
-      "task", "recommendation", list(TASKS), "recommendation (cold-start "
-      "targets) or classification (the targets are class labels).",
+      "task", None, list(TASKS), "recommendation (cold-start targets) or "
+      "classification (class labels). Default: the task the dataset was "
+      "converted as (its metadata.json; convert_csv --task); a flag that "
+      "contradicts it, the task patch or the checkpoint is an error.",
       flag_values=fv)
   flags.DEFINE_enum(
       "loss", "bce", list(LOSSES), "bce (one sampled negative, the "

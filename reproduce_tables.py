@@ -269,7 +269,8 @@ def convert_datasets(output_dir, pretrain_csv, tasks, pretrain_test_fraction,
     directory = os.path.join(data_dir, task.name)
     convert_csv.convert("finetune", task.csv, directory, item_vocab=vocab,
                         test_fraction=finetune_test_fraction,
-                        split_by=split_by, print_summary=False)
+                        split_by=split_by, task=task.kind,
+                        print_summary=False)
     finetune_dirs[task.name] = directory
   return pretrain_dir, finetune_dirs
 

@@ -148,7 +148,7 @@ def export_saved_model(export_dir, checkpoint, config, method, insertion,
       builder.save()
   training_utils.write_json_atomic(
       os.path.join(staging, "assets.extra", SERVING_CONFIG_FILE), {
-          "checkpoint": os.path.abspath(checkpoint), "task": task,
+          "checkpoint": data_loader.absolute_path(checkpoint), "task": task,
           "method": method, "source_length": source_length, "top_k": top_k,
           "item_vocab_size": len(item_tokens),
           "target_vocab_size": len(target_tokens),

@@ -11,6 +11,8 @@ import time
 from absl import logging
 import tensorflow as tf
 
+import data_loader
+
 
 def session_config(intra_op_threads=1, inter_op_threads=2):
   """ConfigProto with the thread settings measured best on 2 cores.
@@ -28,30 +30,9 @@ def session_config(intra_op_threads=1, inter_op_threads=2):
   return config
 
 
-def _umask():
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
 def write_text_atomic(path, text):
-  """Writes `text` to `path` through a temporary file and a rename.
-
-  The file gets the permissions a plain `open(path, "w")` would give
-  (0666 less the umask), not the temporary file's 0600.
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  tf.io.gfile.makedirs(directory)
-  handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(handle, "w") as writer:
-      writer.write(text)
-    os.chmod(temporary, 0o666 & ~_umask())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+  """Writes `text` through a temporary name and a rename (any file system)."""
+  data_loader.write_text_atomic(path, text)
 
 
 def write_json_atomic(path, values):
@@ -334,10 +315,25 @@ def replace_dir(staging, final_dir):
   old = None
   if tf.io.gfile.exists(final_dir):
     old = "%s.old-%d" % (final_dir, os.getpid())
-    tf.io.gfile.rename(final_dir, old, overwrite=True)
-  tf.io.gfile.rename(staging, final_dir)
+    _rename_dir(final_dir, old)
+  _rename_dir(staging, final_dir)
   if old is not None:
     tf.io.gfile.rmtree(old)
+
+
+def _rename_dir(source, target):
+  """Renames a directory; file by file where the file system (an object
+  store, ram://) has no directory rename."""
+  if not data_loader.is_url(source):
+    tf.io.gfile.rename(source, target, overwrite=True)
+    return
+  for directory, _, files in list(tf.io.gfile.walk(source)):
+    destination = os.path.join(target, directory[len(source):].lstrip("/"))
+    tf.io.gfile.makedirs(destination)
+    for name in files:
+      tf.io.gfile.rename(os.path.join(directory, name),
+                         os.path.join(destination, name), overwrite=True)
+  tf.io.gfile.rmtree(source)
 
 
 # ---------------------------------------------------------------------------

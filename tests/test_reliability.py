@@ -62,7 +62,7 @@ def finetune_world(directory, task="recommendation", num_users=120,
       targets.append(["t%d" % first, "t%d" % ((first + 1) % num_targets)])
   data_dir = os.path.join(directory, "finetune_%s" % task)
   convert_csv.make_finetune_dataset(data_dir, sources, targets,
-                                    test_fraction=0.25)
+                                    test_fraction=0.25, task=task)
   return data_dir
 
 

@@ -136,3 +136,64 @@ def test_a_300_step_run_prints_a_screenful_with_progress(tmp_path, script):
   assert len(progress) == 6, "\n".join(messages)  # every 50 of 300 steps
   assert not [m for m in messages if "deprecat" in m.lower()]
   assert not [m for m in messages if "name = " in m]  # variables: -v 1
+
+
+def _signature_outputs(saved_model):
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  proto = saved_model_pb2.SavedModel()
+  proto.ParseFromString((saved_model / "saved_model.pb").read_bytes())
+  return set(proto.meta_graphs[0].signature_def["serving_default"].outputs)
+
+
+def test_the_task_is_decided_at_conversion_and_every_command_reads_it(
+    tmp_path):
+  # Gender-like data: one label of two per user. Converted without --task.
+  lines = ["i%d,i%d,i%d,,%s" % (u % 7, (u + 1) % 7, (u + 3) % 7,
+                                "F" if u % 2 else "M") for u in range(60)]
+  csv = tmp_path / "gender.csv"
+  csv.write_text("\n".join(lines) + "\n")
+  data_dir = tmp_path / "data"
+  result = run_command([sys.executable, "-m", "tfrecord_tools.convert_csv",
+                        "--kind=finetune", "--refit_source_vocab",
+                        "--input_csv=%s" % csv, "--output_dir=%s" % data_dir])
+  assert result.returncode == 0, result.stdout[-2000:]
+  assert "task: classification, inferred (every line has one target, 2 " \
+         "distinct" in result.stdout
+  assert "--task=recommendation" in result.stdout
+  assert json.loads((data_dir / "metadata.json").read_text())[
+      "task"] == "classification"
+
+  # Fine-tuning without --task: classification, accuracy over both classes.
+  out = tmp_path / "out"
+  base = [sys.executable, FINETUNE_SCRIPT, "--data_dir=%s" % data_dir,
+          "--channels=8", "--dilations=1,2", "--method=peterzero"]
+  result = run_command(base + ["--output_dir=%s" % out, "--num_train_steps=4",
+                               "--train_batch_size=8"])
+  assert result.returncode == 0, result.stdout[-3000:]
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["task"] == "classification"
+  assert "accuracy" in metrics["metrics"] and "hr@5" not in metrics["metrics"]
+
+  # A contradicting flag names both sides.
+  result = run_command(base + ["--output_dir=%s" % (tmp_path / "other"),
+                               "--task=recommendation"])
+  _one_line_error(result, "task: --task says recommendation, but the dataset "
+                          "%s (metadata.json) says classification" % data_dir)
+
+  # Re-evaluating the task patch and re-exporting need no --task either.
+  result = run_command(base + ["--output_dir=%s" % (tmp_path / "patch_eval"),
+                               "--task_patch=%s" % (out / "task_patch"),
+                               "--do_train=false"])
+  assert result.returncode == 0, result.stdout[-3000:]
+  patch_metrics = json.loads(
+      (tmp_path / "patch_eval" / "metrics_task_patch.json").read_text())
+  assert patch_metrics["task"] == "classification"
+  assert patch_metrics["metrics"]["accuracy"] == pytest.approx(
+      metrics["metrics"]["accuracy"])
+  export = tmp_path / "export"
+  result = run_command(base + ["--output_dir=%s" % out, "--do_train=false",
+                               "--do_eval=false", "--export_dir=%s" % export])
+  assert result.returncode == 0, result.stdout[-3000:]
+  assert "probabilities" in _signature_outputs(export)
+  assert json.loads((export / "assets.extra" / "serving_config.json")
+                    .read_text())["task"] == "classification"

@@ -9,6 +9,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+import data_loader
+
 
 class AtomicOutputs(object):
   """Files written under temporary names, renamed together at the end.
@@ -27,17 +29,18 @@ class AtomicOutputs(object):
 
   def __init__(self, output_dir, remove_on_commit=()):
     """`remove_on_commit`: stale final names to delete when committing."""
-    self.output_dir = os.path.abspath(output_dir)
+    self.output_dir = data_loader.absolute_path(output_dir)
     self._pending = []
     self._created_dir = False
     self._remove_on_commit = list(remove_on_commit)
 
   def __enter__(self):
-    if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+    gfile = tf.io.gfile
+    if gfile.exists(self.output_dir) and not gfile.isdir(self.output_dir):
       raise ValueError("output path exists and is not a directory: %s" %
                        self.output_dir)
-    if not os.path.isdir(self.output_dir):
-      os.makedirs(self.output_dir)
+    if not gfile.isdir(self.output_dir):
+      gfile.makedirs(self.output_dir)
       self._created_dir = True
     return self
 
@@ -54,17 +57,14 @@ class AtomicOutputs(object):
   def __exit__(self, exc_type, exc_value, traceback):
     if exc_type is None:
       for name in self._remove_on_commit:
-        stale = os.path.join(self.output_dir, name)
-        if os.path.exists(stale):
-          os.remove(stale)
+        data_loader.remove_if_exists(os.path.join(self.output_dir, name))
       for tmp, final in self._pending:
-        os.replace(tmp, final)
+        tf.io.gfile.rename(tmp, final, overwrite=True)
       return False
     for tmp, _ in self._pending:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-    if self._created_dir and not os.listdir(self.output_dir):
-      os.rmdir(self.output_dir)
+      data_loader.remove_if_exists(tmp)
+    if self._created_dir and not tf.io.gfile.listdir(self.output_dir):
+      tf.io.gfile.rmtree(self.output_dir)  # empty: nothing else is lost
     return False
 
 
@@ -107,9 +107,8 @@ def python_call(function_name, **kwargs):
 
 
 def write_json(path, obj):
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.write("\n")
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def int64_feature(values):
@@ -165,7 +164,8 @@ def write_examples(path, features, expected_lengths, what, log_first=3):
 
 def check_csv_outputs(output_dir, names, overwrite):
   """Refuses to replace existing converter outputs unless `overwrite`."""
-  existing = [n for n in names if os.path.exists(os.path.join(output_dir, n))]
+  existing = [n for n in names
+              if tf.io.gfile.exists(os.path.join(output_dir, n))]
   if existing and not overwrite:
     raise ValueError("%s already holds %s; choose another --output_dir or "
                      "pass --overwrite" % (output_dir, ", ".join(existing)))

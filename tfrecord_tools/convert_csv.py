@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+import tensorflow as tf
 
 import data_loader
 from tfrecord_tools import common
@@ -43,22 +44,23 @@ OUTPUT_FILES = (data_loader.METADATA_FILE, data_loader.TRAIN_FILE,
 def _load_item_vocab(path):
   """Loads a pretraining vocabulary, checked against its metadata if any."""
   data_loader.check_input_file(path, "item vocabulary file")
-  directory = os.path.dirname(os.path.abspath(path))
+  directory = os.path.dirname(data_loader.absolute_path(path))
   if (os.path.basename(path) == data_loader.ITEM_VOCAB_FILE and
-      os.path.exists(os.path.join(directory, data_loader.METADATA_FILE))):
+      tf.io.gfile.exists(os.path.join(directory,
+                                      data_loader.METADATA_FILE))):
     data_loader.load_metadata(directory)  # Raises if they disagree.
   return data_loader.Vocabulary.load(path)
 
 
 def _check_output_dir(output_dir, fingerprint, overwrite):
   """Refuses an output_dir that holds another dataset; returns stale files."""
-  if not os.path.exists(output_dir):
+  if not tf.io.gfile.exists(output_dir):
     return []
-  if not os.path.isdir(output_dir):
+  if not tf.io.gfile.isdir(output_dir):
     raise data_loader.DatasetError(
         "--output_dir exists and is not a directory: %s" % output_dir)
   present = [n for n in OUTPUT_FILES
-             if os.path.exists(os.path.join(output_dir, n))]
+             if tf.io.gfile.exists(os.path.join(output_dir, n))]
   if not present:
     return []
   try:
@@ -82,7 +84,7 @@ def _fingerprint(kind, input_csv, options):
   fingerprint = {
       "kind": kind,
       "input_csv_sha1": data_loader.file_sha1(input_csv),
-      "input_csv_bytes": os.path.getsize(input_csv),
+      "input_csv_bytes": tf.io.gfile.stat(input_csv).length,
   }
   fingerprint.update(options)
   return fingerprint
@@ -139,9 +141,21 @@ def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
   }
 
 
+def _resolve_task(task, targets):
+  """The task asked for, or the inferred one with a message saying why."""
+  if task is not None:
+    return task
+  task, reason = data_loader.infer_task(targets)
+  other = [t for t in data_loader.TASKS if t != task][0]
+  logging.warning("task: %s, inferred (%s); pass --task=%s if the targets "
+                  "are %s", task, reason, other,
+                  "class labels" if other == "classification" else "items")
+  return task
+
+
 def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
                       test_fraction, split_seed, split_by, pad_token,
-                      skip_header):
+                      skip_header, task):
   """Reads, maps, splits and writes a fine-tuning dataset; returns metadata."""
   pretrain_vocab = (_load_item_vocab(item_vocab_path)
                     if item_vocab_path else None)
@@ -149,7 +163,8 @@ def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
   sources, targets = data_loader.read_finetune_csv(input_csv, progress.lines,
                                                    skip_header)
   _warn_if_header(input_csv, sources, skip_header)
-  extra = {}
+  extra = {"task": _resolve_task(task, targets),
+           "task_inferred": task is None}
   if refit_source_vocab:
     item_vocab = data_loader.Vocabulary().fit(sources)
     logging.warning(
@@ -200,7 +215,7 @@ def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
       "item_vocab_size": len(item_vocab),
       "item_vocab_sha1": item_vocab.sha1(),
       "item_vocab_from": (None if refit_source_vocab else
-                          os.path.abspath(item_vocab_path)),
+                          data_loader.absolute_path(item_vocab_path)),
       "refit_source_vocab": bool(refit_source_vocab),
       "target_vocab_size": len(target_vocab),
       "target_vocab_sha1": target_vocab.sha1(),
@@ -230,8 +245,8 @@ def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
 def convert(kind, input_csv, output_dir, item_vocab=None,
             refit_source_vocab=False, test_fraction=0.2, split_seed=10,
             split_by="row", subsessions=False, subsession_min_length=5,
-            pad_token="0", skip_header=False, overwrite=False, command=None,
-            print_summary=True):
+            pad_token="0", skip_header=False, task=None, overwrite=False,
+            command=None, print_summary=True):
   """Converts a CSV into a TFRecord dataset directory.
 
   Args:
@@ -257,6 +272,10 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     skip_header: the first line is a header, not data. Without it, a first
       line none of whose tokens occurs elsewhere is converted with a
       warning.
+    task: finetune: "recommendation" (the targets are items) or
+      "classification" (class labels); None infers it
+      (`data_loader.infer_task`) and says so. Recorded in the metadata and
+      read by every later command.
     overwrite: replace whatever dataset `output_dir` holds.
     command: the command to record; None records this Python call.
     print_summary: print a summary to stdout.
@@ -284,6 +303,10 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
   if kind == data_loader.PRETRAIN and split_by != "row":
     raise ValueError("split_by applies to finetune only (a pretraining line "
                      "is a user)")
+  if task is not None and (kind != data_loader.FINETUNE or
+                           task not in data_loader.TASKS):
+    raise ValueError("task applies to finetune only and must be one of %s, "
+                     "got %r" % (data_loader.TASKS, task))
   if kind == data_loader.FINETUNE:
     if subsessions:
       raise ValueError("subsessions apply to pretrain only")
@@ -299,7 +322,7 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
         refit_source_vocab=refit_source_vocab, test_fraction=test_fraction,
         split_seed=split_seed, split_by=split_by, subsessions=subsessions,
         subsession_min_length=subsession_min_length, pad_token=pad_token,
-        skip_header=skip_header)
+        skip_header=skip_header, task=task)
   data_loader.check_input_file(input_csv)
   if item_vocab:
     data_loader.check_input_file(item_vocab, "item vocabulary file")
@@ -307,6 +330,8 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
              "pad_token": pad_token}
   if skip_header:
     options["skip_header"] = True
+  if task is not None:
+    options["task"] = task
   if kind == data_loader.PRETRAIN:
     options.update(subsessions=bool(subsessions),
                    subsession_min_length=subsession_min_length)
@@ -327,11 +352,11 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
       metadata = _convert_finetune(input_csv, out, item_vocab,
                                    refit_source_vocab, test_fraction,
                                    split_seed, split_by, pad_token,
-                                   skip_header)
+                                   skip_header, task)
     metadata.update({
         "kind": kind,
         "format_version": data_loader.FORMAT_VERSION,
-        "input_csv": os.path.abspath(input_csv),
+        "input_csv": data_loader.absolute_path(input_csv),
         "fingerprint": fingerprint,
         "command": command,
     })
@@ -345,7 +370,7 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
 def summary(metadata, output_dir):
   """A few lines describing a converted dataset."""
   lines = ["Converted %s CSV %s" % (metadata["kind"], metadata["input_csv"]),
-           "  into %s" % os.path.abspath(output_dir)]
+           "  into %s" % data_loader.absolute_path(output_dir)]
   if metadata["kind"] == data_loader.PRETRAIN:
     lines.append("  item vocabulary: %d ids (with <UNK>), seq_length %d" %
                  (metadata["item_vocab_size"], metadata["seq_length"]))
@@ -358,8 +383,9 @@ def summary(metadata, output_dir):
         metadata["item_vocab_size"], "refitted on the sources"
         if metadata["refit_source_vocab"] else "from " +
         metadata["item_vocab_from"], metadata["source_length"]))
-    lines.append("  target vocabulary: %d ids (with <UNK>)" %
-                 metadata["target_vocab_size"])
+    lines.append("  task: %s%s; target vocabulary: %d ids (with <UNK>)" % (
+        metadata["task"], " (inferred)" if metadata["task_inferred"] else "",
+        metadata["target_vocab_size"]))
     lines.append("  %d users -> %d (user, target) examples -> train %d, test "
                  "%d" % (metadata["num_users"], metadata["num_examples"],
                          metadata["num_train"], metadata["num_test"]))
@@ -378,7 +404,7 @@ def summary(metadata, output_dir):
 
 def write_pretrain_csv(path, sequences):
   """Writes `i1,i2,...` lines; `sequences` is a list of lists of tokens/ints."""
-  with open(path, "w", encoding="utf-8", newline="\n") as f:
+  with tf.io.gfile.GFile(path, "w") as f:
     for sequence in sequences:
       f.write(",".join(str(item) for item in sequence) + "\n")
   return path
@@ -388,7 +414,7 @@ def write_finetune_csv(path, sources, targets):
   """Writes `source,,targets` lines from two parallel lists of lists."""
   if len(sources) != len(targets):
     raise ValueError("sources and targets differ in length")
-  with open(path, "w", encoding="utf-8", newline="\n") as f:
+  with tf.io.gfile.GFile(path, "w") as f:
     for source, target in zip(sources, targets):
       f.write(",".join(str(i) for i in source) + data_loader.FINETUNE_SEPARATOR
               + ",".join(str(t) for t in target) + "\n")
@@ -401,7 +427,7 @@ def make_pretrain_dataset(output_dir, sequences, **options):
   Example: `make_pretrain_dataset(tmp, [[1, 2, 3], [2, 3, 4]],
   test_fraction=0.5)` -> metadata; TFRecords in `tmp`.
   """
-  os.makedirs(output_dir, exist_ok=True)
+  tf.io.gfile.makedirs(output_dir)
   csv = write_pretrain_csv(os.path.join(output_dir, "input.csv"), sequences)
   options.setdefault("print_summary", False)
   return convert(data_loader.PRETRAIN, csv, output_dir, **options)
@@ -409,7 +435,7 @@ def make_pretrain_dataset(output_dir, sequences, **options):
 
 def make_finetune_dataset(output_dir, sources, targets, **options):
   """Writes `output_dir/input.csv` and converts it (refits if no item_vocab)."""
-  os.makedirs(output_dir, exist_ok=True)
+  tf.io.gfile.makedirs(output_dir)
   csv = write_finetune_csv(os.path.join(output_dir, "input.csv"), sources,
                            targets)
   options.setdefault("print_summary", False)
@@ -448,6 +474,12 @@ def define_flags():
   flags.DEFINE_string("pad_token", "0", "The CSV's left-padding token.")
   flags.DEFINE_bool("skip_header", False, "The first line is a header: "
                     "skip it.")
+  flags.DEFINE_enum("task", None, list(data_loader.TASKS),
+                    "finetune: what the targets are, recorded for every "
+                    "later command: items to recommend or class labels. "
+                    "Default: inferred (classification when every line has "
+                    "one target and there are at most %d distinct ones), "
+                    "with a message." % data_loader.MAX_INFERRED_CLASSES)
   flags.DEFINE_bool("overwrite", False,
                     "Replace a different dataset already in --output_dir.")
 
@@ -463,7 +495,7 @@ def main(argv):
             split_by=FLAGS.split_by, subsessions=FLAGS.subsessions,
             subsession_min_length=FLAGS.subsession_min_length,
             pad_token=FLAGS.pad_token, skip_header=FLAGS.skip_header,
-            overwrite=FLAGS.overwrite,
+            task=FLAGS.task, overwrite=FLAGS.overwrite,
             command=common.command_line("tfrecord_tools.convert_csv"))
   except (ValueError, OSError) as e:
     sys.exit("error: %s" % e)
