@@ -499,6 +499,8 @@ def run(settings):
   # Fail fast, before reading data or building graphs.
   training_utils.check_positive({name: s.get(name) for name in (
       "train_steps", "num_epochs", "batch_size", "eval_batch_size")})
+  training_utils.set_process_threads(s.get("intra_op_threads", 1),
+                                     s.get("inter_op_threads", 2))
   training_utils.check_writable_dir(s["model_dir"], "--model_dir")
   if s.get("deterministic"):
     training_utils.enable_determinism()

@@ -1066,6 +1066,7 @@ def run(options):
   training_utils.check_positive({name: getattr(f, name) for name in (
       "num_train_steps", "num_train_epochs", "train_batch_size",
       "eval_batch_size", "eval_every_steps", "num_labelled_users")})
+  training_utils.set_process_threads(f.intra_op_threads, f.inter_op_threads)
   cluster_task = training_utils.tf_config_task()
   if cluster_task is not None and f.do_train:
     # Estimator.train under TF_CONFIG would wait for a cluster that nothing

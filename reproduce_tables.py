@@ -149,13 +149,18 @@ PROFILES = {
     },
     "amazon-afk": {
         "pretrain": dict(_REAL_PRETRAIN),
-        "finetune": dict(_COMMON_FINETUNE, train_batch_size=512,
-                         num_train_steps=600, eval_every_steps=40,
-                         early_stopping_patience=5),
-        "learning_rates": [0.001, 0.0001],
+        # About one epoch of the 72k training rows: within the hour on two
+        # cores (at 0.001, 600 steps of 512 gained 0.0034 validation HR@5
+        # over the best at 240).
+        "finetune": dict(_COMMON_FINETUNE, train_batch_size=256,
+                         num_train_steps=300, eval_every_steps=50,
+                         early_stopping_patience=3),
+        "learning_rates": [0.003, 0.001],
         "seeds": [1, 2, 3],
         "few_label_fractions": [0.1],
-        "rows": list(METHOD_ROWS),
+        # Without the two rows that were weakest on MovieLens-1M, for time.
+        "rows": [r for r in METHOD_ROWS
+                 if r not in ("fineall_mean", "finelast2")],
         "pretrain_test_fraction": 0.1,
         "finetune_test_fraction": 0.2,
         "split_by": "user",

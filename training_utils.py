@@ -14,6 +14,34 @@ import tensorflow as tf
 import data_loader
 
 
+def set_process_threads(intra_op_threads, inter_op_threads):
+  """Sizes TensorFlow's process-wide thread pools; call before any graph.
+
+  Under TensorFlow 2 the sessions of tf.compat.v1 run on the process-wide
+  pools, which are created at their default size (one thread per core)
+  the first time the eager context is used, and `Estimator.train` uses it
+  (a cond_v2) before its session exists. So a ConfigProto's thread counts
+  alone are ignored; setting the pools first makes them hold.
+
+  Returns:
+    True when set; False when the pools already existed (a second run in
+    the same process): a warning says so if their sizes differ.
+  """
+  threading = tf.config.threading
+  try:
+    threading.set_intra_op_parallelism_threads(intra_op_threads)
+    threading.set_inter_op_parallelism_threads(inter_op_threads)
+    return True
+  except RuntimeError:
+    current = (threading.get_intra_op_parallelism_threads(),
+               threading.get_inter_op_parallelism_threads())
+    if current != (intra_op_threads, inter_op_threads):
+      logging.warning("TensorFlow's thread pools already exist in this "
+                      "process with intra/inter-op sizes %s, not %s", current,
+                      (intra_op_threads, inter_op_threads))
+    return False
+
+
 def session_config(intra_op_threads=1, inter_op_threads=2):
   """ConfigProto with the thread settings measured best on 2 cores.
 
