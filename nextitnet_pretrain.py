@@ -54,6 +54,17 @@ PREDICTIONS_FILENAME = "predictions.tsv"
 # NextitNet_TF_Pretrain.py / GRec_TF_Pretrain.py) and of the paper. A flag
 # given explicitly wins over its preset value.
 PRESETS = {
+    # For a user's own data: the paper's architecture at the demo's width,
+    # a real batch, and the sampled softmax that scales to large catalogues.
+    "default": {
+        "channels": 64,
+        "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
+        "kernel_size": 3,
+        "learning_rate": 0.001,
+        "batch_size": 32,
+        "num_epochs": 2,
+        "softmax": {"nextitnet": "sampled", "grec": "sampled"},
+    },
     "demo": {
         "channels": 64,                       # dilated_channels
         "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
@@ -655,11 +666,15 @@ def run(settings):
   if do_eval:
     latest = tf.train.latest_checkpoint(model_dir)
     latest_step = (None if latest is None else int(
-        tf.train.load_variable(latest, "global_step")))
+        checkpoint_lib.reader(latest).get_tensor("global_step")))
     if eval_result is None or int(eval_result["global_step"]) != latest_step:
       start = time.time()
       with training_utils.data_loss_guard(data_files):
-        eval_result = estimator.evaluate(eval_input_fn, steps=None)
+        eval_result = estimator.evaluate(
+            eval_input_fn, steps=None,
+            hooks=[training_utils.EvaluationProgressHook(
+                "evaluating the test split", metadata["num_test"],
+                s["eval_batch_size"])])
       timings["eval_seconds"] = round(time.time() - start, 1)
 
   metrics = {}
@@ -705,6 +720,19 @@ def run(settings):
 # ---------------------------------------------------------------------------
 
 
+def _preset_values(key):
+  """'default 64, demo 64, paper 256': a preset key's values, for --help."""
+  def shown(value):
+    if isinstance(value, dict):
+      return "/".join("%s %s" % (encoder, value[encoder])
+                      for encoder in ENCODERS)
+    if isinstance(value, list):
+      return ",".join(str(v) for v in value)
+    return str(value)
+  return "; ".join("%s: %s" % (name, shown(PRESETS[name][key]))
+                   for name in ("default", "demo", "paper"))
+
+
 def define_flags(flag_values=flags.FLAGS):
   """Declares the flags (idempotent: safe to call twice, e.g. in tests)."""
   if "encoder" in flag_values:
@@ -720,30 +748,35 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_enum("encoder", "nextitnet", list(ENCODERS),
                     "nextitnet: causal, predicts every next item. grec: "
                     "non-causal masked item prediction.", **fv)
-  flags.DEFINE_enum("preset", "demo", sorted(PRESETS),
-                    "demo: the original scripts' model_para (64 channels, "
-                    "batch 2, 2 epochs; NextItNet full softmax, GRec "
-                    "sampled). paper: 256 channels, batch 32, lr 0.001, "
-                    "sampled softmax. Explicit flags win.", **fv)
+  flags.DEFINE_enum("preset", "default", sorted(PRESETS),
+                    "Hyperparameters the flags below default to (explicit "
+                    "flags win). default: for your own data (64 channels, "
+                    "batch 32, 2 epochs, sampled softmax). demo: the "
+                    "original scripts' model_para (batch 2; NextItNet full "
+                    "softmax, GRec sampled). paper: 256 channels.", **fv)
   flags.DEFINE_enum("softmax", None, list(networks.SOFTMAX_TYPES),
                     "Output layer: sampled (softmax_w/softmax_b) or full "
-                    "(the 1x1 conv `logits`). Default: from --preset.", **fv)
+                    "(the 1x1 conv `logits`). Default by preset: " +
+                    _preset_values("softmax") + ".", **fv)
   flags.DEFINE_integer("num_sampled", None,
                        "Negatives of the sampled softmax. Default "
                        "int(0.2 * item_size).", **fv)
-  flags.DEFINE_integer("channels", None, "Residual channels C (preset).", **fv)
+  flags.DEFINE_integer("channels", None, "Residual channels C. Default by "
+                       "preset: " + _preset_values("channels") + ".", **fv)
   flags.DEFINE_list("dilations", None,
-                    "Dilations of the residual blocks, e.g. 1,4,1,4 "
-                    "(preset).", **fv)
-  flags.DEFINE_integer("kernel_size", None, "Convolution width (preset).", **fv)
-  flags.DEFINE_float("learning_rate", None, "Adam learning rate (preset).",
-                     **fv)
+                    "Dilations of the residual blocks. Default by preset: " +
+                    _preset_values("dilations") + ".", **fv)
+  flags.DEFINE_integer("kernel_size", None, "Convolution width. Default by "
+                       "preset: " + _preset_values("kernel_size") + ".", **fv)
+  flags.DEFINE_float("learning_rate", None, "Adam learning rate. Default by "
+                     "preset: " + _preset_values("learning_rate") + ".", **fv)
   flags.DEFINE_float("beta1", 0.9, "Adam beta1.", **fv)
-  flags.DEFINE_integer("batch_size", None, "Training batch size (preset).",
-                       **fv)
+  flags.DEFINE_integer("batch_size", None, "Training batch size. Default by "
+                       "preset: " + _preset_values("batch_size") + ".", **fv)
   flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.", **fv)
   flags.DEFINE_integer("num_epochs", None,
-                       "Epochs when --train_steps is not given (preset).", **fv)
+                       "Epochs when --train_steps is not given. Default by "
+                       "preset: " + _preset_values("num_epochs") + ".", **fv)
   flags.DEFINE_integer("train_steps", None,
                        "Total training steps (a resumed run continues up to "
                        "this many). 0 = evaluate only. Default: num_epochs "

@@ -122,6 +122,7 @@ PROFILES = {
                      "train_steps": 400},
         "finetune": dict(_COMMON_FINETUNE, train_batch_size=32,
                          num_train_steps=600, eval_every_steps=100,
+                         early_stopping_patience=0,
                          eval_batch_size=256),
         "learning_rates": [0.005],
         "seeds": [1],
@@ -265,16 +266,18 @@ def convert_datasets(output_dir, pretrain_csv, tasks, pretrain_test_fraction,
   """
   data_dir = os.path.join(output_dir, "data")
   pretrain_dir = os.path.join(data_dir, "pretrain")
+  # overwrite: this is the table's own directory, and a changed setting
+  # (or converter version) must not stop it.
   convert_csv.convert("pretrain", pretrain_csv, pretrain_dir,
                       test_fraction=pretrain_test_fraction,
-                      print_summary=False)
+                      overwrite=True, print_summary=False)
   vocab = os.path.join(pretrain_dir, data_loader.ITEM_VOCAB_FILE)
   finetune_dirs = collections.OrderedDict()
   for task in tasks:
     directory = os.path.join(data_dir, task.name)
     convert_csv.convert("finetune", task.csv, directory, item_vocab=vocab,
                         test_fraction=finetune_test_fraction,
-                        split_by=split_by, task=task.kind,
+                        split_by=split_by, task=task.kind, overwrite=True,
                         print_summary=False)
     finetune_dirs[task.name] = directory
   return pretrain_dir, finetune_dirs

@@ -499,6 +499,62 @@ def format_duration(seconds):
   return "%d:%02d" % (minutes, seconds)
 
 
+def progress_line(what, done, total, unit, elapsed, rate_unit_count=None):
+  """'evaluating: 12/40 batches (30%), 950 examples/s, elapsed 0:05, ETA 0:12'.
+
+  `rate_unit_count`: (count, name) the rate is given in, default
+  (done, unit).
+  """
+  count, name = rate_unit_count or (done, unit)
+  rate = done / max(elapsed, 1e-9)
+  return "%s: %d/%d %s (%d%%), %.0f %s/s, elapsed %s, ETA %s" % (
+      what, done, total, unit, 100 * done // max(total, 1),
+      count / max(elapsed, 1e-9), name, format_duration(elapsed),
+      format_duration(max(total - done, 0) / max(rate, 1e-9)))
+
+
+class EvaluationProgressHook(tf.estimator.SessionRunHook):
+  """Logs done/total batches, examples/s, elapsed and ETA of an evaluation.
+
+  At most every `every_secs` seconds, so an evaluation shorter than that
+  prints nothing; one closing line when it printed any.
+  """
+
+  def __init__(self, what, num_examples, batch_size, every_secs=10.0,
+               log=logging.info):
+    self._what = what
+    self._batch_size = batch_size
+    self._num_examples = num_examples
+    self._total = max(1, -(-num_examples // batch_size))
+    self._every_secs = every_secs
+    self._log = log
+
+  def after_create_session(self, session, coord):
+    del session, coord
+    self._done = 0
+    self._printed = False
+    self._start = self._last = time.time()
+
+  def after_run(self, run_context, run_values):
+    del run_context, run_values
+    self._done += 1
+    now = time.time()
+    if now - self._last >= self._every_secs:
+      self._last = now
+      self._printed = True
+      self._report(now)
+
+  def end(self, session):
+    del session
+    if self._printed:
+      self._report(time.time())
+
+  def _report(self, now):
+    examples = min(self._done * self._batch_size, self._num_examples)
+    self._log(progress_line(self._what, self._done, self._total, "batches",
+                            now - self._start, (examples, "examples")))
+
+
 class ProgressHook(tf.estimator.SessionRunHook):
   """Logs step/total, loss, speed, elapsed time and ETA every N steps.
 

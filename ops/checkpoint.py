@@ -22,17 +22,28 @@ def model_variable_shapes(checkpoint):
   Returns:
     OrderedDict {name: list of ints}, sorted by name.
   """
-  path = resolve_checkpoint(checkpoint)
   shapes = collections.OrderedDict()
-  for name, shape in sorted(tf.train.list_variables(path)):
+  for name, shape in sorted(
+      reader(checkpoint).get_variable_to_shape_map().items()):
     if is_optimizer_variable(name) or name in _BOOKKEEPING:
       continue
     shapes[name] = list(shape)
   return shapes
 
 
+def reader(checkpoint):
+  """A CheckpointReader of a prefix or a directory's latest checkpoint.
+
+  Unlike tf.train.load_checkpoint, it does not ask whether a prefix is a
+  directory, which ram:// answers yes for any prefix of a file name.
+  """
+  return tf.compat.v1.train.NewCheckpointReader(resolve_checkpoint(checkpoint))
+
+
 def resolve_checkpoint(checkpoint):
   """A checkpoint prefix from a prefix or a directory; clear error if none."""
+  if tf.io.gfile.exists(checkpoint + ".index"):
+    return checkpoint
   if tf.io.gfile.isdir(checkpoint):
     latest = tf.train.latest_checkpoint(checkpoint)
     if latest is None:

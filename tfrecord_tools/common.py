@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 import data_loader
+import training_utils
 
 
 class AtomicOutputs(object):
@@ -78,20 +79,21 @@ class ProgressLogger(object):
     self._start = self._last
 
   def lines(self, lines_read, bytes_read, total_bytes):
-    """A `progress_fn` for `data_loader.iter_text_lines`."""
+    """A `progress_fn` for `data_loader.iter_text_lines` (ETA by bytes)."""
     now = time.time()
     if now - self._last >= self._interval:
       self._last = now
-      logging.info("%s: %d lines read (%.0f%% of %.1f MB, %.0f s)", self._what,
-                   lines_read, 100.0 * bytes_read / max(total_bytes, 1),
-                   total_bytes / 1e6, now - self._start)
+      logging.info(training_utils.progress_line(
+          self._what, bytes_read // 1000000, max(total_bytes // 1000000, 1),
+          "MB", now - self._start, (lines_read, "lines")))
 
   def records(self, done, total):
     now = time.time()
-    if now - self._last >= self._interval or done == total:
+    if now - self._last >= self._interval or (
+        done == total and now - self._start >= self._interval):
       self._last = now
-      logging.info("%s: %d / %d records written (%.0f s)", self._what, done,
-                   total, now - self._start)
+      logging.info(training_utils.progress_line(
+          self._what, done, total, "records", now - self._start))
 
 
 def command_line(module):
