@@ -454,23 +454,6 @@ def _warm_start(init_checkpoint, log=True):
 # ---------------------------------------------------------------------------
 
 
-def build_estimator(model_fn, model_dir, seed=None, save_checkpoints_steps=1000,
-                    keep_checkpoint_max=5, save_summary_steps=100,
-                    intra_op_threads=1, inter_op_threads=2):
-  """An Estimator with the cadences of PERF_NOTES (nothing every step)."""
-  run_config = tf.estimator.RunConfig(
-      model_dir=model_dir,
-      tf_random_seed=seed,
-      save_checkpoints_steps=save_checkpoints_steps,
-      keep_checkpoint_max=keep_checkpoint_max,
-      save_summary_steps=save_summary_steps,
-      log_step_count_steps=None,  # training_utils.ProgressHook reports
-      session_config=training_utils.session_config(intra_op_threads,
-                                                   inter_op_threads))
-  return tf.estimator.Estimator(model_fn=model_fn, config=run_config,
-                                params={})
-
-
 def final_metrics(eval_result, top_k):
   """Plain-Python metrics from an Estimator eval result."""
   names = ["mrr@%d" % top_k, "hr@%d" % top_k, "ndcg@%d" % top_k, "xent_last",
@@ -597,8 +580,8 @@ def run(settings):
                               num_sampled=num_sampled,
                               init_checkpoint=init_checkpoint, top_k=top_k,
                               beta1=s.get("beta1", 0.9))
-  estimator = build_estimator(
-      model_fn, model_dir, seed=s.get("seed"),
+  estimator = training_utils.make_estimator(
+      model_fn, model_dir, tf_random_seed=s.get("seed"),
       save_checkpoints_steps=s["save_checkpoints_steps"],
       keep_checkpoint_max=s["keep_checkpoint_max"],
       save_summary_steps=s["save_summary_steps"],

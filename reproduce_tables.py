@@ -50,6 +50,7 @@ import numpy as np
 
 import baselines
 import data_loader
+import finetuning
 import nextitnet_pretrain
 import peterrec_finetune
 import training_utils
@@ -397,7 +398,7 @@ def run_cell(options, fingerprint):
   cell_dir = options["output_dir"]
   request = _canonical(fingerprint)
   request_path = os.path.join(cell_dir, CELL_FILE)
-  metrics_path = os.path.join(cell_dir, peterrec_finetune.METRICS_FILE)
+  metrics_path = os.path.join(cell_dir, finetuning.METRICS_FILE)
   if os.path.isdir(cell_dir):
     recorded = _read_json(request_path)
     if not same_configuration(recorded, request,
@@ -557,7 +558,7 @@ class Runner(object):
                  metrics["metrics"][key],
                  " (done already)" if skipped else " (%.0f s)" % seconds))
     report = _read_json(os.path.join(options["output_dir"],
-                                     peterrec_finetune.PARAMETERS_FILE))
+                                     finetuning.PARAMETERS_FILE))
     return dict(metrics, trainable_percent=report["trainable_percent"])
 
   def select_and_repeat(self, tasks, rows, learning_rates, seeds):

@@ -50,9 +50,9 @@ import numpy as np
 import tensorflow as tf
 
 import data_loader
-import peterrec_finetune as ft
+import finetuning
 import training_utils
-from ops import heads
+from ops import finetune as finetune_ops
 
 SERVING_INPUT = "item_ids"
 SIGNATURE = tf.compat.v1.saved_model.signature_constants.\
@@ -88,11 +88,10 @@ def build_serving_graph(config, method, insertion, cardinality, task,
   # The training layout with a dummy target, minus the target column.
   rows = data_loader.finetune_rows(source, tf.zeros_like(source[:, 0]),
                                    config.causal)
-  user, target_table = ft.build_finetune_model(
+  user, target_table = finetuning.build_finetune_model(
       rows[:, :-1], config, method, insertion, cardinality,
       len(target_tokens))
-  scores = ft._mask_unk(  # pylint: disable=protected-access
-      heads.all_target_scores(user, target_table))
+  scores = finetune_ops.target_scores(user, target_table)
   k = min(top_k, len(target_tokens) - 1)
   outputs = {}
   if task == "classification":
@@ -122,7 +121,7 @@ def export_saved_model(export_dir, checkpoint, config, method, insertion,
   item_tokens = data_loader.Vocabulary.load(item_vocab_path).tokens
   target_tokens = data_loader.Vocabulary.load(target_vocab_path).tokens
   if len(item_tokens) != config.item_size:
-    raise ft.CompatibilityError(
+    raise finetuning.CompatibilityError(
         "%s has %d items, the model %d" % (item_vocab_path, len(item_tokens),
                                             config.item_size))
   staging = training_utils.staging_dir(export_dir)

@@ -42,6 +42,27 @@ def set_process_threads(intra_op_threads, inter_op_threads):
     return False
 
 
+def make_estimator(model_fn, model_dir, tf_random_seed=None,
+                   save_checkpoints_steps=1000, save_summary_steps=100,
+                   keep_checkpoint_max=5, intra_op_threads=1,
+                   inter_op_threads=2, save_graph_def=True):
+  """An Estimator with our session config and cadences (nothing per step).
+
+  `save_graph_def=False` skips graph.pbtxt and the checkpoints' .meta files
+  (the graph is rebuilt from code; writing them costs seconds per run).
+  """
+  run_config = tf.estimator.RunConfig(
+      model_dir=model_dir, tf_random_seed=tf_random_seed,
+      checkpoint_save_graph_def=save_graph_def,
+      save_checkpoints_steps=save_checkpoints_steps,
+      save_summary_steps=save_summary_steps,
+      log_step_count_steps=None,  # ProgressHook reports
+      keep_checkpoint_max=keep_checkpoint_max,
+      session_config=session_config(intra_op_threads, inter_op_threads))
+  return tf.estimator.Estimator(model_fn=model_fn, config=run_config,
+                                params={})
+
+
 def session_config(intra_op_threads=1, inter_op_threads=2):
   """ConfigProto with the thread settings measured best on 2 cores.
 
@@ -531,7 +552,7 @@ class EvaluationProgressHook(tf.estimator.SessionRunHook):
 
   def after_create_session(self, session, coord):
     del session, coord
-    self._done = 0
+    self._done = self._reported = 0
     self._printed = False
     self._start = self._last = time.time()
 
@@ -546,10 +567,11 @@ class EvaluationProgressHook(tf.estimator.SessionRunHook):
 
   def end(self, session):
     del session
-    if self._printed:
+    if self._printed and self._reported != self._done:
       self._report(time.time())
 
   def _report(self, now):
+    self._reported = self._done
     examples = min(self._done * self._batch_size, self._num_examples)
     self._log(progress_line(self._what, self._done, self._total, "batches",
                             now - self._start, (examples, "examples")))

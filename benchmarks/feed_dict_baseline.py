@@ -10,7 +10,7 @@ numpy array, each step slices the next batch, draws what is random in Python
 `tf.nn.sampled_softmax_loss`, one chain of ops). Same sizes, math and
 variables as the Estimator pipeline: the graph is built by the same
 `ops.networks` functions, and the fine-tuning optimizer trains the same
-variables as `peterrec_finetune.trainable_variables_for`.
+variables as `finetuning.trainable_variables_for`.
 
 Choices that make this baseline *faster* than the original, so that the
 ratios are not flattered: only [train_op, loss] is fetched (no argmax

@@ -1,7 +1,7 @@
 """(b) the Estimator/TFRecord pipeline users run, and (c) its input alone.
 
 (b) builds exactly what the scripts build: `nextitnet_pretrain.model_fn_builder`
-with `nextitnet_pretrain.input_fn_builder` and `build_estimator` (plus the
+with `nextitnet_pretrain.input_fn_builder` and `training_utils.make_estimator` (plus the
 script's training_utils.ProgressHook), or `peterrec_finetune.model_fn_builder` with
 `data_loader.finetune_input_fn_builder` and `make_estimator`, at the
 scripts' default settings. Each repetition trains a fresh model directory
@@ -145,11 +145,9 @@ class EstimatorTraining(object):
     return model_fn, input_fn
 
   def _estimator(self, model_fn, model_dir):
-    if self._workload.startswith("pretrain"):
-      return nextitnet_pretrain.build_estimator(model_fn, model_dir,
-                                                seed=self._seed)
-    return peterrec_finetune.make_estimator(model_fn, model_dir,
-                                            tf_random_seed=self._seed)
+    return training_utils.make_estimator(
+        model_fn, model_dir, tf_random_seed=self._seed,
+        save_graph_def=self._workload.startswith("pretrain"))
 
   def _script_hooks(self, model_dir):
     """The hooks the script's own `run` adds to `Estimator.train`."""

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import data_loader
-import peterrec_finetune
+import finetuning
 from ops import heads
 from ops import masking
 from ops import modeling
@@ -163,11 +163,11 @@ def finetune_loss(context, target, negative, config, insertion,
   Returns:
     (float32 scalar loss incl. the target table's L2 term, var_list).
   """
-  user, table = peterrec_finetune.build_finetune_model(
+  user, table = finetuning.build_finetune_model(
       context, config, "peterrec", insertion, 1, target_vocab_size)
   loss = heads.bce_loss(heads.target_logits(user, table, target),
                         heads.target_logits(user, table, negative))
   loss += heads.regularization_loss()
-  var_list = peterrec_finetune.trainable_variables_for(
+  var_list = finetuning.trainable_variables_for(
       "peterrec", tf.compat.v1.trainable_variables(), len(config.dilations))
   return loss, var_list

@@ -120,10 +120,14 @@ def check_shapes_match(checkpoint, expected_shapes):
         (checkpoint, "\n  ".join(problems)))
 
 
-def log_variables(variables, restored_names, log_fn=None):
-  """Logs every variable with its shape, marking those warm-started."""
+def log_variables(variables, restored_names, log_fn=None,
+                  trained_names=None):
+  """Logs every variable with its shape, marking those warm-started (and,
+  given `trained_names`, whether each is trained or frozen)."""
   log_fn = log_fn or tf.compat.v1.logging.info
   for variable in variables:
     name = variable_name(variable)
     mark = ", *INIT_FROM_CKPT*" if name in restored_names else ""
+    if trained_names is not None:
+      mark += ", TRAINED" if name in trained_names else ", frozen"
     log_fn("  name = %s, shape = %s%s", name, variable.shape, mark)

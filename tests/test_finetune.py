@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import data_loader
+import finetuning
 import peterrec_finetune as ft
 from ops import checkpoint as checkpoint_lib
 from ops import heads
@@ -67,7 +68,7 @@ COUNT_CASES = [(m, True) for m in sorted(EXPECTED_COUNTS)] + [
     "method,causal", COUNT_CASES,
     ids=["%s-%s" % (m, "nextitnet" if c else "grec") for m, c in COUNT_CASES])
 def test_parameter_counts_demo_config(method, causal):
-  report = ft.parameter_report(demo_config(causal), method, "serial", 1,
+  report = finetuning.parameter_report(demo_config(causal), method, "serial", 1,
                                DEMO_TARGETS)
   trainable, total = EXPECTED_COUNTS[method]
   assert report["trainable_parameters"] == trainable
@@ -80,17 +81,17 @@ def test_parameter_counts_demo_config(method, causal):
 
 
 def test_parameter_counts_parallel_and_cardinality():
-  parallel = ft.parameter_report(demo_config(), "peterrec", "parallel", 1,
+  parallel = finetuning.parameter_report(demo_config(), "peterrec", "parallel", 1,
                                  DEMO_TARGETS)
   assert parallel["trainable_parameters"] == HEAD + PATCHES + LAYER_NORM2
-  card4 = ft.parameter_report(demo_config(), "peterrec", "serial", 4,
+  card4 = finetuning.parameter_report(demo_config(), "peterrec", "serial", 4,
                               DEMO_TARGETS)
   assert card4["trainable_parameters"] == HEAD + 16 * PATCH4 + LAYER_NORM2
   assert card4["total_parameters"] == BACKBONE + 16 * PATCH4 + HEAD
 
 
 def test_peterrec_trains_a_small_fraction():
-  report = ft.parameter_report(demo_config(), "peterrec", "serial", 1,
+  report = finetuning.parameter_report(demo_config(), "peterrec", "serial", 1,
                                DEMO_TARGETS)
   assert 15.0 < report["trainable_percent"] < 15.1  # 37120 / 246976
 
@@ -104,19 +105,19 @@ def _demo_variables(method, causal=True):
   graph = tf.Graph()
   with graph.as_default():
     context = tf.compat.v1.placeholder(tf.int32, [None, 10])
-    ft.build_finetune_model(context, demo_config(causal), method, "serial", 1,
+    finetuning.build_finetune_model(context, demo_config(causal), method, "serial", 1,
                             DEMO_TARGETS)
     variables = tf.compat.v1.trainable_variables()
-  trained = ft.trainable_variables_for(method, variables, 8)
+  trained = finetuning.trainable_variables_for(method, variables, 8)
   return ([checkpoint_lib.variable_name(v) for v in variables],
           [checkpoint_lib.variable_name(v) for v in trained])
 
 
 def test_selection_by_name():
   names, trained = _demo_variables("peterrec")
-  assert all(ft.is_patch_variable(n) or "/layer_norm2/" in n or
+  assert all(finetuning.is_patch_variable(n) or "/layer_norm2/" in n or
              n.startswith("target-item/") for n in trained)
-  assert len([n for n in trained if ft.is_patch_variable(n)]) == 8 * 2 * 4
+  assert len([n for n in trained if finetuning.is_patch_variable(n)]) == 8 * 2 * 4
   assert not any("layer_norm1" in n or "dilated_conv" in n and
                  "mp_" not in n for n in trained)
   _, last1 = _demo_variables("finelast1")
@@ -134,14 +135,14 @@ def test_selection_by_name():
 
 
 def test_patch_variable_names():
-  assert ft.is_patch_variable(
+  assert finetuning.is_patch_variable(
       "nextitnet_residual_blockdecoder_layer_0_1/mp_1/mp_conv1_down_0/weight")
-  assert not ft.is_patch_variable(
+  assert not finetuning.is_patch_variable(
       "nextitnet_residual_blockdecoder_layer_0_1/layer_norm2/gamma")
-  assert not ft.is_patch_variable("dec_pos/lookup_table_position")
-  assert ft.block_index(
+  assert not finetuning.is_patch_variable("dec_pos/lookup_table_position")
+  assert finetuning.block_index(
       "nextitnet_residual_blockdecoder_layer_12_4/dilated_conv1/bias") == 12
-  assert ft.block_index("target-item/allitem_embeddings_target") is None
+  assert finetuning.block_index("target-item/allitem_embeddings_target") is None
 
 
 # ---------------------------------------------------------------------------
@@ -214,8 +215,8 @@ def _train_steps(model_fn, features, steps):
   return before, after
 
 
-METHOD_CASES = [(m, True, "serial") for m in ft.METHODS] + [
-    (m, False, "parallel") for m in ft.METHODS] + [("peterrec", True,
+METHOD_CASES = [(m, True, "serial") for m in finetuning.METHODS] + [
+    (m, False, "parallel") for m in finetuning.METHODS] + [("peterrec", True,
                                                      "parallel")]
 
 
@@ -228,13 +229,13 @@ def test_frozen_bit_identical_trained_changed(method, causal, insertion,
   checkpoint = tiny_backbones[causal]
   config = tiny_config(causal)
   model_fn = ft.model_fn_builder(
-      config, checkpoint if ft.restores_backbone(method) else None, method,
+      config, checkpoint if finetuning.restores_backbone(method) else None, method,
       insertion, 2, "recommendation", TINY_TARGETS, learning_rate=0.01)
   with tf.Graph().as_default():
     tf.compat.v1.set_random_seed(3)
     before, after = _train_steps(model_fn, tiny_features(causal), steps=3)
     trained = {checkpoint_lib.variable_name(v) for v in
-               ft.trainable_variables_for(
+               finetuning.trainable_variables_for(
                    method, tf.compat.v1.trainable_variables(), 3)}
   reader = tf.train.load_checkpoint(checkpoint)
   stored = checkpoint_lib.model_variable_shapes(checkpoint)
@@ -246,10 +247,10 @@ def test_frozen_bit_identical_trained_changed(method, causal, insertion,
   for name in sorted(trained):
     assert not np.array_equal(after[name], before[name]), (
         "%s was not updated" % name)
-  if ft.restores_backbone(method):
+  if finetuning.restores_backbone(method):
     # Warm start: every variable without `mp` that the checkpoint holds.
     for name in before:
-      if name in stored and not ft.is_patch_variable(name):
+      if name in stored and not finetuning.is_patch_variable(name):
         np.testing.assert_array_equal(before[name], reader.get_tensor(name),
                                       err_msg=name)
         if name not in trained:
@@ -259,7 +260,7 @@ def test_frozen_bit_identical_trained_changed(method, causal, insertion,
     for name in ("allitem_embeddings",):
       assert not np.array_equal(before[name], reader.get_tensor(name))
   expected_frozen_kinds = {
-      "peterrec": lambda n: not (ft.is_patch_variable(n) or
+      "peterrec": lambda n: not (finetuning.is_patch_variable(n) or
                                  "/layer_norm2/" in n or
                                  n.startswith("target-item/")),
       "fineall": lambda n: n == "softmax_w",
@@ -306,7 +307,7 @@ def test_eval_and_predict_specs(tiny_backbones):
 def test_backbone_from_authors_checkpoints():
   for prefix in (conftest.PRETRAIN_CHECKPOINT, conftest.CLOZE_CHECKPOINT):
     conftest.require_checkpoint(prefix)
-    stored = ft.backbone_from_checkpoint(prefix)
+    stored = finetuning.backbone_from_checkpoint(prefix)
     assert stored == {"item_size": 175, "channels": 64,
                       "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
                       "kernel_size": 3, "has_positional_embedding": False,
@@ -315,9 +316,9 @@ def test_backbone_from_authors_checkpoints():
 
 def test_resolve_config_needs_backbone_without_config_file():
   prefix = conftest.require_checkpoint(conftest.PRETRAIN_CHECKPOINT)
-  with pytest.raises(ft.CompatibilityError, match="--backbone"):
-    ft.resolve_model_config(prefix)
-  config, source = ft.resolve_model_config(prefix, backbone="grec")
+  with pytest.raises(finetuning.CompatibilityError, match="--backbone"):
+    finetuning.resolve_model_config(prefix)
+  config, source = finetuning.resolve_model_config(prefix, backbone="grec")
   assert not config.causal and config.item_size == 175
   assert "shapes of checkpoint" in source
 
@@ -326,28 +327,28 @@ def test_resolve_config_from_model_config_json(tmp_path):
   config = tiny_config(causal=False)
   checkpoint = write_tiny_backbone(str(tmp_path), causal=False)
   (tmp_path / modeling.CONFIG_FILENAME).write_text(config.to_json_string())
-  resolved, source = ft.resolve_model_config(checkpoint)
+  resolved, source = finetuning.resolve_model_config(checkpoint)
   assert resolved == config and source.endswith(modeling.CONFIG_FILENAME)
-  with pytest.raises(ft.CompatibilityError, match="causal"):
-    ft.resolve_model_config(checkpoint, backbone="nextitnet")
+  with pytest.raises(finetuning.CompatibilityError, match="causal"):
+    finetuning.resolve_model_config(checkpoint, backbone="nextitnet")
 
 
 def test_compatibility_errors_name_the_sizes():
   prefix = conftest.require_checkpoint(conftest.PRETRAIN_CHECKPOINT)
   metadata = {"item_vocab_size": 180, "data_dir": "/data"}
   config = demo_config()
-  with pytest.raises(ft.CompatibilityError) as error:
-    ft.check_compatibility(prefix, config, metadata)
+  with pytest.raises(finetuning.CompatibilityError) as error:
+    finetuning.check_compatibility(prefix, config, metadata)
   assert "item vocabulary: checkpoint 175, data 180" in str(error.value)
   assert "--item_vocab" in str(error.value)
   metadata["item_vocab_size"] = 175
-  with pytest.raises(ft.CompatibilityError) as error:
-    ft.check_compatibility(prefix, config.replace(channels=32, dilations=[1, 2]),
+  with pytest.raises(finetuning.CompatibilityError) as error:
+    finetuning.check_compatibility(prefix, config.replace(channels=32, dilations=[1, 2]),
                            metadata)
   assert "channels: checkpoint 64, configuration 32" in str(error.value)
   assert ("dilations: checkpoint [1, 4, 1, 4, 1, 4, 1, 4], configuration "
           "[1, 2]") in str(error.value)
-  ft.check_compatibility(prefix, config, metadata)  # the right one passes
+  finetuning.check_compatibility(prefix, config, metadata)  # the right one passes
 
 
 def test_same_size_but_different_item_vocabulary(tmp_path):
@@ -365,14 +366,14 @@ def test_same_size_but_different_item_vocabulary(tmp_path):
       prefix = tf.compat.v1.train.Saver().save(session,
                                                str(model_dir / "model.ckpt"))
   metadata = dict(data, data_dir=str(tmp_path / "data"))
-  ft.check_compatibility(prefix, config, metadata)  # no vocabulary file: ok
+  finetuning.check_compatibility(prefix, config, metadata)  # no vocabulary file: ok
   data_loader.Vocabulary(["a", "b", "c", "d", "e", "f"]).save(
       str(model_dir / "item_vocab.txt"))
-  ft.check_compatibility(prefix, config, metadata)  # the same ids: ok
+  finetuning.check_compatibility(prefix, config, metadata)  # the same ids: ok
   data_loader.Vocabulary(["f", "e", "d", "c", "b", "a"]).save(
       str(model_dir / "item_vocab.txt"))
-  with pytest.raises(ft.CompatibilityError, match="different ids"):
-    ft.check_compatibility(prefix, config, metadata)
+  with pytest.raises(finetuning.CompatibilityError, match="different ids"):
+    finetuning.check_compatibility(prefix, config, metadata)
 
 
 def test_target_ids_beyond_the_item_vocabulary_train(tiny_backbones):

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import data_loader
+import finetuning
 import peterrec_finetune as ft
 from ops import checkpoint as checkpoint_lib
 from tests import conftest
@@ -80,13 +81,13 @@ def test_peterrec_serial_export_and_reload(demo_data):
   metrics = outputs["metrics"]["metrics"]
   assert metrics["num_examples"] == NUM_TEST
   assert set(metrics) == {"mrr@5", "hr@5", "ndcg@5", "loss", "num_examples"}
-  with open(os.path.join(out, ft.METRICS_FILE)) as f:
+  with open(os.path.join(out, finetuning.METRICS_FILE)) as f:
     assert json.load(f)["metrics"] == metrics
-  with open(os.path.join(out, ft.PARAMETERS_FILE)) as f:
+  with open(os.path.join(out, finetuning.PARAMETERS_FILE)) as f:
     parameters = json.load(f)
   assert parameters["trainable_parameters"] == 37120
   assert parameters["total_parameters"] == 246976
-  with open(os.path.join(out, ft.PREDICTIONS_FILE)) as f:
+  with open(os.path.join(out, finetuning.PREDICTIONS_FILE)) as f:
     predictions = [json.loads(line) for line in f]
   assert len(predictions) == NUM_TEST
   targets = data_loader.Vocabulary.load(os.path.join(
@@ -102,9 +103,9 @@ def test_peterrec_serial_export_and_reload(demo_data):
 
   # The task patch: only what was trained, a small fraction of the bytes.
   patch = outputs["task_patch"]
-  patch_dir = os.path.join(out, ft.TASK_PATCH_DIR)
+  patch_dir = os.path.join(out, finetuning.TASK_PATCH_DIR)
   stored = checkpoint_lib.model_variable_shapes(
-      os.path.join(patch_dir, ft.TASK_PATCH_PREFIX))
+      os.path.join(patch_dir, finetuning.TASK_PATCH_PREFIX))
   assert sorted(stored) == sorted(parameters["trained_variables"])
   assert sum(int(np.prod(s)) for s in stored.values()) == 37120
   # 37120 floats = 148,480 bytes + index: 15% of the model's parameters,
@@ -123,12 +124,12 @@ def test_peterrec_serial_export_and_reload(demo_data):
                          tf_random_seed=None))
   assert reloaded["metrics"]["metrics"] == metrics
   assert reloaded["metrics"]["method"] == "peterrec"
-  with open(os.path.join(out, ft.PATCH_METRICS_FILE)) as f:
+  with open(os.path.join(out, finetuning.PATCH_METRICS_FILE)) as f:
     assert json.load(f)["metrics"] == metrics
 
   # A different backbone is refused.
-  with pytest.raises(ft.CompatibilityError, match="not the one"):
-    ft.load_task_patch(patch_dir, conftest.CLOZE_CHECKPOINT)
+  with pytest.raises(finetuning.CompatibilityError, match="not the one"):
+    finetuning.load_task_patch(patch_dir, conftest.CLOZE_CHECKPOINT)
 
 
 @pytest.mark.parametrize("method", ["fineall", "finecls", "finelast1",
@@ -158,7 +159,7 @@ def test_peterzero_exports_its_random_backbone(demo_data):
   patch = outputs["task_patch"]
   assert patch["backbone_checkpoint"].startswith(values["output_dir"])
   reloaded = ft.run(dict(values, task_patch=os.path.join(
-      values["output_dir"], ft.TASK_PATCH_DIR), do_train=False))
+      values["output_dir"], finetuning.TASK_PATCH_DIR), do_train=False))
   assert reloaded["metrics"]["metrics"] == outputs["metrics"]["metrics"]
 
 
@@ -205,7 +206,7 @@ def test_mismatched_data_fails_before_training(demo_data, tmp_path):
       [["x"], ["y"], ["x"], ["z"]], test_fraction=0.25)
   values = options(demo_data, "mismatch", data_dir=str(tmp_path / "data"),
                    output_dir=str(tmp_path / "out"))
-  with pytest.raises(ft.CompatibilityError,
+  with pytest.raises(finetuning.CompatibilityError,
                      match=r"item vocabulary: checkpoint 175, data 13"):
     ft.run(values)
   assert tf.train.latest_checkpoint(str(tmp_path / "out")) is None

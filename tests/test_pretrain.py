@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import data_loader
 import nextitnet_pretrain as pretrain
+import training_utils
 from ops import checkpoint as checkpoint_lib
 from ops import masking
 from ops import modeling
@@ -211,7 +212,7 @@ def test_estimator_predict_matches_golden_file(tmp_path):
       writer.write(tf.train.Example(features=tf.train.Features(
           feature=feature)).SerializeToString())
   config = modeling.ModelConfig(item_size=175)
-  estimator = pretrain.build_estimator(
+  estimator = training_utils.make_estimator(
       pretrain.model_fn_builder(config, "full", 0.001,
                                 init_checkpoint=conftest.PRETRAIN_CHECKPOINT),
       str(tmp_path / "model"))

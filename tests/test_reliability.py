@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import data_loader
+import finetuning
 import nextitnet_pretrain as pretrain
 import peterrec_finetune as ft
 import training_utils
@@ -126,14 +127,14 @@ def test_finetune_kill_and_rerun_resumes(tmp_path):
                                                  "first.log")).read()[-3000:]
   killed_at = checkpoint_steps(output_dir)[-1]
   assert 100 <= killed_at < train_steps
-  assert not os.path.exists(os.path.join(output_dir, ft.METRICS_FILE))
+  assert not os.path.exists(os.path.join(output_dir, finetuning.METRICS_FILE))
 
   result = run_command(command)
   assert result.returncode == 0, result.stdout[-3000:]
   assert ("%s/model.ckpt-%d exists: continuing from it" %
           (output_dir, killed_at)) in result.stdout
   assert checkpoint_steps(output_dir)[-1] == train_steps
-  with open(os.path.join(output_dir, ft.METRICS_FILE)) as f:
+  with open(os.path.join(output_dir, finetuning.METRICS_FILE)) as f:
     metrics = json.load(f)
   # Validation went on where it stopped: one history over both processes,
   # up to the last step, and the test metrics are the best step's.
@@ -142,8 +143,8 @@ def test_finetune_kill_and_rerun_resumes(tmp_path):
   assert metrics["global_step"] == metrics["validation"]["best"]["step"]
   assert 0.0 <= metrics["metrics"]["hr@5"] <= 1.0
   # The task patch is complete and no staging directory is left behind.
-  patch = os.path.join(output_dir, ft.TASK_PATCH_DIR)
-  ft.load_task_patch(patch)
+  patch = os.path.join(output_dir, finetuning.TASK_PATCH_DIR)
+  finetuning.load_task_patch(patch)
   assert not [n for n in os.listdir(output_dir) if ".tmp-" in n or
               ".old-" in n]
 
@@ -158,16 +159,16 @@ def test_kill_during_task_patch_export_never_leaves_half_a_patch(tmp_path):
                  num_eval_negatives=9, do_eval=False, tf_random_seed=1,
                  validation_fraction=0.0)  # the last checkpoint is exported
   first = ft.run(options)["task_patch"]
-  patch = os.path.join(output_dir, ft.TASK_PATCH_DIR)
+  patch = os.path.join(output_dir, finetuning.TASK_PATCH_DIR)
   # Simulate a process killed mid-export: its staging directory is left.
   staging = training_utils.staging_dir(patch)
   with open(os.path.join(staging, "task_patch.ckpt.index"), "wb") as f:
     f.write(b"half")
-  description, _, _ = ft.load_task_patch(patch)  # the old one, intact
+  description, _, _ = finetuning.load_task_patch(patch)  # the old one, intact
   assert description["finetuned_checkpoint"] == first["finetuned_checkpoint"]
   # The next export replaces the old patch in one rename.
   second = ft.run(dict(options, num_train_steps=10))["task_patch"]
-  assert ft.load_task_patch(patch)[0] == second
+  assert finetuning.load_task_patch(patch)[0] == second
   assert second["finetuned_checkpoint"].endswith("model.ckpt-10")
 
 
@@ -247,7 +248,7 @@ def test_finetune_output_dir_of_other_data_is_refused(tmp_path):
                  export_task_patch=False)
   ft.run(options)
   other = finetune_world(str(tmp_path / "b"), num_targets=7)
-  with pytest.raises(ft.CompatibilityError,
+  with pytest.raises(finetuning.CompatibilityError,
                      match=r"target-item/allitem_embeddings_target: "
                      r"checkpoint \[13, 8\], data/configuration \[8, 8\]"):
     ft.run(dict(options, data_dir=other, num_train_steps=4))
@@ -350,7 +351,7 @@ def test_finetune_refuses_tf_config_before_anything(tmp_path, monkeypatch):
   output_dir = tmp_path / "out"
   options = dict(ft.default_options(), data_dir=str(tmp_path / "missing"),
                  output_dir=str(output_dir))
-  with pytest.raises(ft.CompatibilityError,
+  with pytest.raises(finetuning.CompatibilityError,
                      match=r"TF_CONFIG is set \(chief task 0\), but "
                      "fine-tuning trains in one process"):
     ft.run(options)

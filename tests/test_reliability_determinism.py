@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+import finetuning
 import peterrec_finetune as ft
 from tests import test_reliability
 
@@ -88,7 +89,7 @@ def test_finetune_deterministic_twice(tmp_path):
             "--deterministic"] + test_reliability.TINY_FINETUNE_FLAGS
 
   first, second = _run_twice(tmp_path, command)
-  assert_identical_runs(first, second, ft.METRICS_FILE)
+  assert_identical_runs(first, second, finetuning.METRICS_FILE)
 
 
 def test_hooks_always_read_the_step_before_the_increment():

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import data_loader
+import finetuning
 import peterrec_finetune as ft
 import serving
 from tests import conftest
@@ -37,7 +38,7 @@ def finetune_and_export(root, task):
   outputs = ft.run(options)
   assert outputs["saved_model"] == export_dir
   metadata = data_loader.load_metadata(data_dir)
-  with open(os.path.join(output_dir, ft.PREDICTIONS_FILE)) as f:
+  with open(os.path.join(output_dir, finetuning.PREDICTIONS_FILE)) as f:
     estimator_predictions = [json.loads(line) for line in f]
   return metadata, export_dir, estimator_predictions
 
@@ -188,7 +189,7 @@ def test_export_dir_replaced_whole(recommendation, tmp_path):
                          serving.SERVING_CONFIG_FILE)) as f:
     config = json.load(f)
   # The checkpoint served is the run's best validated one.
-  assert config["checkpoint"] == ft.selected_checkpoint(parent)
+  assert config["checkpoint"] == finetuning.selected_checkpoint(parent)
   assert "/best/model.ckpt-" in config["checkpoint"]
   assert config["source_length"] == metadata["source_length"]
 

@@ -197,3 +197,56 @@ def test_the_task_is_decided_at_conversion_and_every_command_reads_it(
   assert "probabilities" in _signature_outputs(export)
   assert json.loads((export / "assets.extra" / "serving_config.json")
                     .read_text())["task"] == "classification"
+
+
+def test_defaults_do_something_sensible_and_help_shows_them(tmp_path):
+  result = run_command([sys.executable, PRETRAIN_SCRIPT, "--helpfull"])
+  text = " ".join(result.stdout.split())
+  assert "Residual channels C. Default by preset: default: 64; demo: 64; " \
+         "paper: 256." in text
+  assert "Training batch size. Default by preset: default: 32; demo: 2;" in text
+  assert "(default: 'default')" in text
+  # Pretraining on a user's file: batch 32 and two epochs, not the demo's
+  # batch 2 (80 steps here); evaluated at the end.
+  model_dir = tmp_path / "model"
+  result = run_command([sys.executable, PRETRAIN_SCRIPT,
+                        "--data_dir=" + pretrain_data(str(tmp_path)),
+                        "--model_dir=%s" % model_dir, "--channels=8",
+                        "--dilations=1,2"])
+  assert result.returncode == 0, result.stdout[-3000:]
+  config = json.loads((model_dir / "pretrain_config.json").read_text())
+  assert (config["preset"], config["batch_size"], config["softmax"],
+          config["train_steps"]) == ("default", 32, "sampled", 2 * (160 // 32))
+  # Fine-tuning with no budget flags: several epochs of batch 64 with
+  # validations along the way, not one step of 512.
+  out = tmp_path / "out"
+  result = run_command([sys.executable, FINETUNE_SCRIPT,
+                        "--data_dir=" + finetune_world(str(tmp_path)),
+                        "--output_dir=%s" % out, "--method=peterzero",
+                        "--channels=8", "--dilations=1,2",
+                        "--num_eval_negatives=9"])
+  assert result.returncode == 0, result.stdout[-3000:]
+  summary = json.loads((out / "metrics.json").read_text())
+  num_train = summary["plan"]["num_train"]
+  assert summary["global_step"] == summary["validation"]["best"]["step"]
+  steps = [point["step"] for point in summary["validation"]["history"]]
+  assert num_train > 64 and len(steps) >= 4 and steps[-1] > 1, steps
+
+
+def test_evaluation_progress_shows_done_total_rate_and_eta(monkeypatch):
+  import training_utils  # pylint: disable=g-import-not-at-top
+  clock = iter([100.0, 103.0, 106.0, 109.0, 112.0, 115.0])
+  monkeypatch.setattr(training_utils.time, "time", lambda: next(clock))
+  lines = []
+  hook = training_utils.EvaluationProgressHook(
+      "evaluating the test split", num_examples=1000, batch_size=256,
+      every_secs=5.0, log=lines.append)
+  hook.after_create_session(None, None)  # t=100
+  for _ in range(3):  # t=103 (quiet), 106 (a line), 109 (quiet)
+    hook.after_run(None, None)
+  hook.end(None)  # t=112: the closing line
+  assert lines == [
+      "evaluating the test split: 2/4 batches (50%), 85 examples/s, "
+      "elapsed 0:06, ETA 0:06",
+      "evaluating the test split: 3/4 batches (75%), 64 examples/s, "
+      "elapsed 0:12, ETA 0:04"]
