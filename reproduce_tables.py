@@ -112,6 +112,17 @@ _REAL_PRETRAIN = {"channels": 64, "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
                   "softmax": "sampled", "batch_size": 32,
                   "learning_rate": 0.001, "train_steps": 3000}
 
+# What the real datasets share: 3 seeds, a 10% few-label run, splits by user.
+_REAL_PROFILE = {
+    "pretrain": dict(_REAL_PRETRAIN),
+    "seeds": [1, 2, 3],
+    "few_label_fractions": [0.1],
+    "pretrain_test_fraction": 0.1,
+    "finetune_test_fraction": 0.2,
+    "split_by": "user",
+    "parallel_runs": 2,
+}
+
 # Per dataset: the pretraining runs and the fine-tuning protocol. Everything
 # here can be overridden by flags. Learning rates are a grid: each row takes
 # the one with the best validation metric on the first seed, then runs the
@@ -135,39 +146,25 @@ PROFILES = {
         "split_by": "row",
         "parallel_runs": 2,
     },
-    "movielens-1m": {
-        "pretrain": dict(_REAL_PRETRAIN),
-        "finetune": dict(_COMMON_FINETUNE, train_batch_size=128,
-                         num_train_steps=240, eval_every_steps=40,
-                         early_stopping_patience=2),
-        "learning_rates": [0.001, 0.0001],
-        "seeds": [1, 2, 3],
-        "few_label_fractions": [0.1],
-        "rows": list(METHOD_ROWS),
-        "pretrain_test_fraction": 0.1,
-        "finetune_test_fraction": 0.2,
-        "split_by": "user",
-        "parallel_runs": 2,
-    },
-    "amazon-afk": {
-        "pretrain": dict(_REAL_PRETRAIN),
+    "movielens-1m": dict(
+        _REAL_PROFILE,
+        finetune=dict(_COMMON_FINETUNE, train_batch_size=128,
+                      num_train_steps=240, eval_every_steps=40,
+                      early_stopping_patience=2),
+        learning_rates=[0.001, 0.0001],
+        rows=list(METHOD_ROWS)),
+    "amazon-afk": dict(
+        _REAL_PROFILE,
         # About one epoch of the 72k training rows: within the hour on two
         # cores (at 0.001, 600 steps of 512 gained 0.0034 validation HR@5
         # over the best at 240).
-        "finetune": dict(_COMMON_FINETUNE, train_batch_size=256,
-                         num_train_steps=300, eval_every_steps=50,
-                         early_stopping_patience=3),
-        "learning_rates": [0.003, 0.001],
-        "seeds": [1, 2, 3],
-        "few_label_fractions": [0.1],
+        finetune=dict(_COMMON_FINETUNE, train_batch_size=256,
+                      num_train_steps=300, eval_every_steps=50,
+                      early_stopping_patience=3),
+        learning_rates=[0.003, 0.001],
         # Without the two rows that were weakest on MovieLens-1M, for time.
-        "rows": [r for r in METHOD_ROWS
-                 if r not in ("fineall_mean", "finelast2")],
-        "pretrain_test_fraction": 0.1,
-        "finetune_test_fraction": 0.2,
-        "split_by": "user",
-        "parallel_runs": 2,
-    },
+        rows=[r for r in METHOD_ROWS
+              if r not in ("fineall_mean", "finelast2")]),
     "custom": {
         "pretrain": dict(_REAL_PRETRAIN),
         "finetune": dict(_COMMON_FINETUNE, train_batch_size=512,

@@ -30,7 +30,6 @@ fine-tuning file.
 import collections
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -163,7 +162,6 @@ def define_flags():
                       "<pair>_50_preprocessed.txt(.gz): uid item|ts ...")
   flags.DEFINE_string("item_map", None,
                       "map_item_50.txt(.gz): JSON {ASIN: [item_id, domain]}.")
-  flags.DEFINE_string("output_dir", None, "Where to write the CSVs.")
   flags.DEFINE_integer("max_seq_length", 50,
                        "Keep the most recent N domain-A items; 0 keeps all.")
   flags.DEFINE_integer("min_history", 5,
@@ -174,21 +172,17 @@ def define_flags():
                        "Keep a user's first N domain-B items (0: all).")
   flags.DEFINE_integer("domain_a", 0, "Domain code of the source domain.")
   flags.DEFINE_integer("domain_b", 1, "Domain code of the target domain.")
-  flags.DEFINE_string("pad_token", "0", "Left-padding token.")
-  flags.DEFINE_bool("overwrite", False, "Replace existing output CSVs.")
+  common.define_csv_output_flags()
 
 
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  try:
-    stats = convert_amazon(FLAGS.interactions, FLAGS.item_map,
-                           FLAGS.output_dir, FLAGS.max_seq_length,
-                           FLAGS.min_history, FLAGS.min_targets,
-                           FLAGS.max_targets, FLAGS.domain_a, FLAGS.domain_b,
-                           FLAGS.pad_token, FLAGS.overwrite)
-  except (ValueError, OSError) as e:
-    sys.exit("error: %s" % e)
+  stats = common.call_or_exit(
+      convert_amazon, FLAGS.interactions, FLAGS.item_map, FLAGS.output_dir,
+      FLAGS.max_seq_length, FLAGS.min_history, FLAGS.min_targets,
+      FLAGS.max_targets, FLAGS.domain_a, FLAGS.domain_b, FLAGS.pad_token,
+      FLAGS.overwrite)
   print("Wrote %s and %s into %s" % (PRETRAIN_CSV, FINETUNE_CSV,
                                      os.path.abspath(FLAGS.output_dir)))
   print("  %d users read, %d pretraining users (%d dropped: fewer than %d "

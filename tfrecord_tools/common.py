@@ -5,6 +5,7 @@ import shlex
 import sys
 import time
 
+from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow as tf
@@ -94,6 +95,21 @@ class ProgressLogger(object):
       self._last = now
       logging.info(training_utils.progress_line(
           self._what, done, total, "records", now - self._start))
+
+
+def define_csv_output_flags():
+  """--output_dir, --pad_token, --overwrite of the public-dataset converters."""
+  flags.DEFINE_string("output_dir", None, "Where to write the CSVs.")
+  flags.DEFINE_string("pad_token", "0", "Left-padding token.")
+  flags.DEFINE_bool("overwrite", False, "Replace existing output CSVs.")
+
+
+def call_or_exit(function, *args):
+  """function(*args), or a one-line `error: ...` exit on bad input."""
+  try:
+    return function(*args)
+  except (ValueError, OSError) as e:
+    sys.exit("error: %s" % e)
 
 
 def command_line(module):

@@ -33,7 +33,6 @@ Users are ordered by user id. A user with fewer than --min_history ratings
 """
 import collections
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -205,7 +204,6 @@ def convert_movielens(ratings_path, users_path, output_dir, max_seq_length=50,
 def define_flags():
   flags.DEFINE_string("ratings", None, "ratings.dat or u.data (.gz is fine).")
   flags.DEFINE_string("users", None, "users.dat or u.user.")
-  flags.DEFINE_string("output_dir", None, "Where to write the CSVs.")
   flags.DEFINE_integer("max_seq_length", 50,
                        "Keep the most recent N items; 0 keeps all (no "
                        "padding).")
@@ -213,20 +211,16 @@ def define_flags():
                        "Drop users with fewer ratings than this.")
   flags.DEFINE_integer("min_rating", 0,
                        "Keep ratings >= this (0: all, 4: liked only).")
-  flags.DEFINE_string("pad_token", "0", "Left-padding token.")
-  flags.DEFINE_bool("overwrite", False, "Replace existing output CSVs.")
+  common.define_csv_output_flags()
 
 
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  try:
-    stats = convert_movielens(FLAGS.ratings, FLAGS.users, FLAGS.output_dir,
-                              FLAGS.max_seq_length, FLAGS.min_history,
-                              FLAGS.min_rating, FLAGS.pad_token,
-                              FLAGS.overwrite)
-  except (ValueError, OSError) as e:
-    sys.exit("error: %s" % e)
+  stats = common.call_or_exit(
+      convert_movielens, FLAGS.ratings, FLAGS.users, FLAGS.output_dir,
+      FLAGS.max_seq_length, FLAGS.min_history, FLAGS.min_rating,
+      FLAGS.pad_token, FLAGS.overwrite)
   print("Wrote %s, %s, %s into %s" % (PRETRAIN_CSV, GENDER_CSV, AGE_CSV,
                                       os.path.abspath(FLAGS.output_dir)))
   print("  %d users (%d dropped: fewer than %d ratings), %d items, %d "
