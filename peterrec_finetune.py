@@ -45,6 +45,7 @@ import training_utils
 from ops import checkpoint as checkpoint_lib
 from ops import finetune as finetune_ops
 from ops import heads
+from ops import modeling
 
 DETERMINISTIC_SEED = 10  # --seed / --tf_random_seed under --deterministic
 TASK_PATCH_EVAL_DIR = "task_patch_eval"

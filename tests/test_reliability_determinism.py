@@ -13,7 +13,6 @@ import numpy as np
 import tensorflow as tf
 
 import finetuning
-import peterrec_finetune as ft
 from tests import test_reliability
 
 

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from tests import conftest
 from tests.test_reliability import (FINETUNE_SCRIPT, PRETRAIN_SCRIPT,
                                     TINY_FINETUNE_FLAGS, TINY_PRETRAIN_FLAGS,
                                     finetune_world, pretrain_data,
