@@ -192,10 +192,11 @@ def write_model_dir_files(model_dir, config, pretrain_config, item_vocab_path):
   if tf.io.gfile.exists(config_path):
     existing = modeling.ModelConfig.from_json_file(config_path).to_dict()
     wanted = config.to_dict()
-    # The conv implementation does not change the variables.
+    # How the graph computes (EXECUTION_FIELDS) does not change the
+    # variables a checkpoint restores.
     differences = ["%s: %r -> %r" % (k, existing.get(k), wanted[k])
                    for k in sorted(wanted)
-                   if k != "conv_implementation" and
+                   if k not in modeling.ModelConfig.EXECUTION_FIELDS and
                    existing.get(k) != wanted[k]]
     old_path = os.path.join(model_dir, PRETRAIN_CONFIG_FILENAME)
     if tf.io.gfile.exists(old_path):

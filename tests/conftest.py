@@ -56,3 +56,21 @@ def require_checkpoint(prefix):
   """Returns the checkpoint `prefix`, or skips when its .index is absent."""
   require_path(prefix + ".index")
   return prefix
+
+
+# Modules whose tests start processes or train for more than a few seconds:
+# `bash run.sh test -m "not slow"` leaves them out for a quick run.
+SLOW_MODULES = frozenset([
+    "test_benchmarks", "test_distributed", "test_finetune_demo",
+    "test_finetune_transfer", "test_finetune_validation", "test_gfile",
+    "test_pretrain_convergence", "test_pretrain_resume", "test_reliability",
+    "test_reliability_determinism", "test_reproduce_tables", "test_serving",
+    "test_threads", "test_user_errors",
+])
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+      item.add_marker(pytest.mark.slow)

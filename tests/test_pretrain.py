@@ -351,3 +351,17 @@ def test_grec_positional_embedding_option(demo_data, tmp_path):
     pretrain.run(pretrain.default_settings(
         data_dir=demo_data, model_dir=str(tmp_path / "short"), encoder="grec",
         has_positional_embedding=True, max_position=5))
+
+
+def test_resuming_ignores_how_the_graph_computes_not_what(tmp_path):
+  config = modeling.ModelConfig(item_size=10, channels=8, dilations=[1, 2])
+  pretrain_config = {"encoder": "nextitnet", "softmax": "full"}
+  pretrain.write_model_dir_files(str(tmp_path), config, pretrain_config, None)
+  # Every execution field changed at once: the checkpoint still restores.
+  pretrain.write_model_dir_files(
+      str(tmp_path), config.replace(
+          **dict(modeling.ORIGINAL_EXECUTION, towers=3)),
+      pretrain_config, None)
+  with pytest.raises(ValueError, match=r"channels: 8 -> 16"):
+    pretrain.write_model_dir_files(str(tmp_path), config.replace(channels=16),
+                                   pretrain_config, None)
