@@ -478,8 +478,8 @@ def check_resumable(output_dir, config, metadata):
   if problems:
     raise CompatibilityError(
         "--output_dir %s holds checkpoint %s of another dataset or "
-        "configuration, which this run would resume from:\n  %s\nUse "
-        "another --output_dir." % (output_dir, latest, "\n  ".join(problems)))
+        "configuration, which this run would resume from (%s); use another "
+        "--output_dir" % (output_dir, latest, "; ".join(problems)))
   logging.info("%s exists: continuing from it", latest)
 
 

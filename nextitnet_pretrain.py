@@ -150,28 +150,35 @@ def check_init_checkpoint(init_checkpoint, config, softmax, data_dir=None):
     The resolved checkpoint prefix.
 
   Raises:
-    ValueError naming both sizes.
+    training_utils.RunError naming both sizes.
   """
-  path = checkpoint_lib.resolve_checkpoint(init_checkpoint)
+  try:
+    path = checkpoint_lib.resolve_checkpoint(init_checkpoint)
+  except ValueError as e:
+    raise training_utils.RunError("--init_checkpoint: %s" % e)
   stored = checkpoint_lib.model_variable_shapes(path)
   table = stored.get("allitem_embeddings")
   if table is None:
-    raise ValueError("--init_checkpoint %s has no allitem_embeddings: not a "
-                     "NextItNet/GRec checkpoint" % path)
+    raise training_utils.RunError(
+        "--init_checkpoint %s has no allitem_embeddings: not a NextItNet/GRec "
+        "checkpoint" % path)
   if table[0] != config.item_size:
-    raise ValueError(
+    raise training_utils.RunError(
         "--init_checkpoint %s has an item vocabulary of %d ids "
         "(allitem_embeddings %s) but the data%s has item_vocab_size %d: the "
         "checkpoint was trained on another item vocabulary" %
         (path, table[0], table, "" if data_dir is None else " in " + data_dir,
          config.item_size))
   if table[1] != config.channels:
-    raise ValueError(
+    raise training_utils.RunError(
         "--init_checkpoint %s has %d channels (allitem_embeddings %s) but "
         "the configuration has %d channels (--channels / --preset)" %
         (path, table[1], table, config.channels))
-  checkpoint_lib.check_shapes_match(path,
-                                    modeling.backbone_variable_shapes(config))
+  try:
+    checkpoint_lib.check_shapes_match(
+        path, modeling.backbone_variable_shapes(config))
+  except ValueError as e:
+    raise training_utils.RunError(str(e))
   head = "softmax_w" if softmax == "sampled" else "logits/weight"
   if head not in stored:
     logging.warning(
@@ -206,7 +213,7 @@ def write_model_dir_files(model_dir, config, pretrain_config, item_vocab_path):
                       for k in ("encoder", "softmax")
                       if old.get(k) != pretrain_config[k]]
     if differences:
-      raise ValueError(
+      raise training_utils.RunError(
           "--model_dir %s holds a model of another configuration (%s); its "
           "checkpoints cannot be resumed with these settings. Use another "
           "--model_dir." % (model_dir, "; ".join(differences)))
@@ -502,13 +509,14 @@ def run(settings):
   cluster_task = training_utils.tf_config_task()
   metadata = data_loader.load_metadata(s["data_dir"])
   if metadata["kind"] != data_loader.PRETRAIN:
-    raise ValueError("--data_dir %s holds a %s dataset; pretraining needs "
-                     "--kind=pretrain data" % (s["data_dir"], metadata["kind"]))
+    raise training_utils.RunError(
+        "--data_dir %s holds a %s dataset; pretraining needs --kind=pretrain "
+        "data" % (s["data_dir"], metadata["kind"]))
   hp = resolve_hparams(s["preset"], s["encoder"],
                        {k: s.get(k) for k in PRESET_KEYS})
   causal = s["encoder"] == "nextitnet"
   if causal and s.get("has_positional_embedding"):
-    raise ValueError("--has_positional_embedding is a GRec option "
+    raise training_utils.RunError("--has_positional_embedding is a GRec option "
                      "(--encoder=grec)")
   seq_length = metadata["seq_length"]
   config = modeling.ModelConfig(
@@ -519,14 +527,16 @@ def run(settings):
       max_position=s.get("max_position") or 100,
       conv_implementation=s.get("conv_implementation") or "matmul")
   if config.has_positional_embedding and config.max_position < seq_length:
-    raise ValueError("--max_position %d is shorter than the sequences (%d)" %
-                     (config.max_position, seq_length))
+    raise training_utils.RunError(
+        "--max_position %d is shorter than the sequences (%d)" %
+        (config.max_position, seq_length))
   num_sampled = s.get("num_sampled")
   if num_sampled is None:
     num_sampled = heads.default_num_sampled(config.item_size)
   if hp["softmax"] == "sampled" and not 0 < num_sampled < config.item_size:
-    raise ValueError("num_sampled must be in [1, item_size=%d), got %d" %
-                     (config.item_size, num_sampled))
+    raise training_utils.RunError(
+        "num_sampled must be in [1, item_size=%d), got %d" %
+        (config.item_size, num_sampled))
   train_steps = s.get("train_steps")
   if train_steps is None:
     train_steps = hp["num_epochs"] * steps_per_epoch(metadata["num_train"],
@@ -609,11 +619,13 @@ def run(settings):
     # TF_CONFIG: train_and_evaluate runs this task's role (chief, worker,
     # ps, evaluator); only the evaluator evaluates and writes metrics.json.
     if not (do_train and do_eval):
-      raise ValueError("under TF_CONFIG (%s task %d) training and evaluation "
-                       "run through train_and_evaluate: --do_train and "
-                       "--do_eval must be true" % cluster_task[:2])
+      raise training_utils.RunError(
+          "under TF_CONFIG (%s task %d) training and evaluation run through "
+          "train_and_evaluate: --do_train and --do_eval must be true" %
+          cluster_task[:2])
     if s.get("do_predict"):
-      raise ValueError("--do_predict is not supported under TF_CONFIG")
+      raise training_utils.RunError(
+          "--do_predict is not supported under TF_CONFIG")
   data_files = [metadata["paths"]["train"], metadata["paths"]["test"]]
   if do_eval and metadata["num_test"] == 0:
     logging.warning("the test split of %s is empty: no evaluation",

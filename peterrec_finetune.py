@@ -485,7 +485,8 @@ def _define_method_flags(fv):
       flag_values=fv)
   flags.DEFINE_enum(
       "insertion", None, list(finetuning.INSERTIONS), "Patch insertion; "
-      "default serial for nextitnet, parallel for grec (as the original scripts).",
+      "default serial for nextitnet, parallel for grec (as the original "
+      "scripts).",
       flag_values=fv)
   flags.DEFINE_enum(
       "cls_position", "end", ["end", "start"], "Where the causal network's "
@@ -500,7 +501,8 @@ def _define_method_flags(fv):
                        "(1 = ResNet-style).", flag_values=fv)
   flags.DEFINE_enum(
       "task", None, list(finetuning.TASKS), "recommendation (cold-start "
-      "targets) or classification (class labels). Default: the task the dataset was "
+      "targets) or classification (class labels). Default: the task the "
+      "dataset was "
       "converted as (its metadata.json; convert_csv --task); a flag that "
       "contradicts it, the task patch or the checkpoint is an error.",
       flag_values=fv)
@@ -509,7 +511,8 @@ def _define_method_flags(fv):
       "original), bpr (with --sampler=lambdafm: the LambdaFM script), "
       "softmax (cross-entropy over all targets).", flag_values=fv)
   flags.DEFINE_enum(
-      "sampler", "uniform", list(finetuning.SAMPLERS), "Training negatives: uniform, or "
+      "sampler", "uniform", list(finetuning.SAMPLERS), "Training negatives: "
+      "uniform, or "
       "lambdafm (static, by training-split target frequency rank).",
       flag_values=fv)
 

@@ -249,3 +249,62 @@ def test_evaluation_progress_shows_done_total_rate_and_eta(monkeypatch):
       "elapsed 0:06, ETA 0:06",
       "evaluating the test split: 3/4 batches (75%), 64 examples/s, "
       "elapsed 0:12, ETA 0:04"]
+
+
+def _pretrain_command(tmp_path, *flags):
+  return [sys.executable, PRETRAIN_SCRIPT, "--train_steps=2"] + \
+      TINY_PRETRAIN_FLAGS + list(flags)
+
+
+def _finetune_command(tmp_path, *flags):
+  return [sys.executable, FINETUNE_SCRIPT, "--num_train_steps=2"] + \
+      TINY_FINETUNE_FLAGS + list(flags)
+
+
+@pytest.mark.parametrize("case", [
+    "pretrain: mistyped checkpoint", "pretrain: fine-tuning data",
+    "pretrain: model_dir of another model", "finetune: mistyped checkpoint",
+    "finetune: pretraining data", "finetune: output_dir of other data"])
+def test_user_mistakes_end_in_one_line(tmp_path, case):
+  pretrain_dir = pretrain_data(str(tmp_path))
+  finetune_dir = finetune_world(str(tmp_path))
+  missing = str(tmp_path / "no_such_model" / "model.ckpt-1")
+  if case == "pretrain: mistyped checkpoint":
+    command = _pretrain_command(tmp_path, "--data_dir=" + pretrain_dir,
+                                "--model_dir=%s" % (tmp_path / "m"),
+                                "--init_checkpoint=" + missing)
+    message = "--init_checkpoint: Checkpoint %s does not exist" % missing
+  elif case == "pretrain: fine-tuning data":
+    command = _pretrain_command(tmp_path, "--data_dir=" + finetune_dir,
+                                "--model_dir=%s" % (tmp_path / "m"))
+    message = "holds a finetune dataset; pretraining needs"
+  elif case == "pretrain: model_dir of another model":
+    first = run_command(_pretrain_command(
+        tmp_path, "--data_dir=" + pretrain_dir,
+        "--model_dir=%s" % (tmp_path / "m")))
+    assert first.returncode == 0, first.stdout[-2000:]
+    command = _pretrain_command(tmp_path, "--data_dir=" + pretrain_dir,
+                                "--model_dir=%s" % (tmp_path / "m"),
+                                "--channels=16")
+    message = "holds a model of another configuration (channels: 8 -> 16"
+  elif case == "finetune: mistyped checkpoint":
+    command = _finetune_command(tmp_path, "--data_dir=" + finetune_dir,
+                                "--output_dir=%s" % (tmp_path / "out"),
+                                "--method=peterrec",
+                                "--init_checkpoint=" + missing)
+    message = "--init_checkpoint: Checkpoint %s does not exist" % missing
+  elif case == "finetune: pretraining data":
+    command = _finetune_command(tmp_path, "--data_dir=" + pretrain_dir,
+                                "--output_dir=%s" % (tmp_path / "out"))
+    message = "holds a pretrain dataset, not a fine-tuning one"
+  else:
+    first = run_command(_finetune_command(
+        tmp_path, "--data_dir=" + finetune_dir,
+        "--output_dir=%s" % (tmp_path / "out")))
+    assert first.returncode == 0, first.stdout[-2000:]
+    other = finetune_world(str(tmp_path / "other"), num_targets=6)
+    command = _finetune_command(tmp_path, "--data_dir=" + other,
+                                "--output_dir=%s" % (tmp_path / "out"))
+    message = "of another dataset or configuration, which this run would " \
+              "resume from"
+  _one_line_error(run_command(command), message)
