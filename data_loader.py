@@ -341,11 +341,37 @@ class Vocabulary(object):
       self._tokens.append(token)
     return token_id
 
-  def fit(self, token_lists):
-    """Adds every token of `token_lists` (a list of lists); returns self."""
+  def fit(self, token_lists, min_count=1, max_size=None, keep=()):
+    """Adds the tokens of `token_lists` (a list of lists); returns self.
+
+    Args:
+      token_lists: lists of tokens; ids follow the order of first appearance.
+      min_count: leave out tokens seen fewer times (they look up as 0).
+      max_size: at most this many ids, `<UNK>` included: the most frequent
+        tokens are kept (ties: the earlier first appearance), still in order
+        of first appearance. None: no cap.
+      keep: tokens kept whatever their count (e.g. the pad token).
+    """
+    if min_count <= 1 and max_size is None:
+      for tokens in token_lists:
+        for token in tokens:
+          self.add(token)
+      return self
+    counts = collections.Counter()
+    first = {}
     for tokens in token_lists:
       for token in tokens:
-        self.add(token)
+        counts[token] += 1
+        first.setdefault(token, len(first))
+    wanted = [t for t in first if counts[t] >= min_count or t in keep]
+    if max_size is not None:
+      room = max(max_size - len(self._tokens), 0)
+      forced = [t for t in wanted if t in keep]
+      others = sorted((t for t in wanted if t not in keep),
+                      key=lambda t: (-counts[t], first[t]))
+      wanted = set(forced + others[:max(room - len(forced), 0)])
+    for token in sorted(wanted, key=first.get):
+      self.add(token)
     return self
 
   def __len__(self):

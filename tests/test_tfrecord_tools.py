@@ -377,3 +377,26 @@ def test_command_line_success_and_error(tmp_path):
   assert "error: %s, line 2: missing the ',,'" % bad in result.stderr
   assert "'4,5'" in result.stderr
   assert not os.path.exists(str(tmp_path / "o2"))
+
+
+def test_vocabulary_control_maps_rare_items_to_unk(tmp_path):
+  # a: 4 times, b: 3, c: 2, d and e: once; "0" is the pad token.
+  sequences = [["0", "a", "b", "c"], ["a", "d", "a", "b"],
+               ["0", "c", "a", "b"], ["0", "0", "e", "0"]]
+  meta = convert_csv.make_pretrain_dataset(str(tmp_path / "min"), sequences,
+                                           test_fraction=0, min_item_count=2)
+  vocab = data_loader.Vocabulary.load(str(tmp_path / "min" / "item_vocab.txt"))
+  assert vocab.tokens == ["<UNK>", "0", "a", "b", "c"]  # first appearance
+  assert (meta["num_unknown_items"], meta["num_unknown_item_types"]) == (2, 2)
+  assert meta["min_item_count"] == 2
+  # A cap keeps the most frequent (ties: the earlier), the pad token always.
+  meta = convert_csv.make_pretrain_dataset(str(tmp_path / "cap"), sequences,
+                                           test_fraction=0, max_vocab_size=4)
+  vocab = data_loader.Vocabulary.load(str(tmp_path / "cap" / "item_vocab.txt"))
+  assert vocab.tokens == ["<UNK>", "0", "a", "b"]
+  assert (meta["num_unknown_items"], meta["num_unknown_item_types"]) == (4, 3)
+  np.testing.assert_array_equal(vocab.transform([["0", "a", "c", "e"]], 4),
+                                [[1, 2, 0, 0]])
+  with pytest.raises(ValueError, match="apply to pretrain only"):
+    convert_csv.make_finetune_dataset(str(tmp_path / "ft"), [["a"]], [["x"]],
+                                      min_item_count=2)

@@ -100,13 +100,20 @@ def _warn_if_header(input_csv, token_lists, skip_header):
 
 
 def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
-                      subsession_min_length, pad_token, skip_header):
+                      subsession_min_length, pad_token, skip_header,
+                      min_item_count, max_vocab_size):
   """Reads, splits and writes a pretraining dataset; returns metadata."""
   progress = common.ProgressLogger("reading %s" % input_csv)
   sequences = data_loader.read_pretrain_csv(input_csv, progress.lines,
                                             skip_header)
   _warn_if_header(input_csv, sequences, skip_header)
-  vocab = data_loader.Vocabulary().fit(sequences)
+  vocab = data_loader.Vocabulary().fit(
+      sequences, min_count=min_item_count, max_size=max_vocab_size or None,
+      keep=(pad_token,))
+  num_unknown, num_unknown_types = vocab.count_unknown(sequences)
+  if num_unknown:
+    logging.info("vocabulary: %d ids; %d rare items (%d occurrences) map to "
+                 "<UNK>", len(vocab), num_unknown_types, num_unknown)
   seq_length = data_loader.max_length(sequences)
   num_short = sum(1 for s in sequences if len(s) < seq_length)
   if num_short:
@@ -136,7 +143,8 @@ def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
       "num_train_sequences": num_split_train,
       "num_train": len(train),
       "num_test": len(test),
-      "num_unknown_items": 0,
+      "num_unknown_items": int(num_unknown),
+      "num_unknown_item_types": int(num_unknown_types),
       "pad_token_id": pad_id,
   }
 
@@ -245,8 +253,9 @@ def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
 def convert(kind, input_csv, output_dir, item_vocab=None,
             refit_source_vocab=False, test_fraction=0.2, split_seed=10,
             split_by="row", subsessions=False, subsession_min_length=5,
-            pad_token="0", skip_header=False, task=None, overwrite=False,
-            command=None, print_summary=True):
+            pad_token="0", skip_header=False, task=None, min_item_count=1,
+            max_vocab_size=0, overwrite=False, command=None,
+            print_summary=True):
   """Converts a CSV into a TFRecord dataset directory.
 
   Args:
@@ -276,6 +285,10 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
       "classification" (class labels); None infers it
       (`data_loader.infer_task`) and says so. Recorded in the metadata and
       read by every later command.
+    min_item_count: pretrain: items seen fewer times map to `<UNK>` (id 0).
+    max_vocab_size: pretrain: at most this many ids with `<UNK>`, the most
+      frequent items kept (0: no cap). Ids stay in order of first
+      appearance; the items left out are counted in the metadata.
     overwrite: replace whatever dataset `output_dir` holds.
     command: the command to record; None records this Python call.
     print_summary: print a summary to stdout.
@@ -295,6 +308,13 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
   if not 0.0 <= test_fraction < 1.0:
     raise ValueError("test_fraction must be in [0, 1), got %r" %
                      (test_fraction,))
+  if kind != data_loader.PRETRAIN and (min_item_count != 1 or
+                                      max_vocab_size):
+    raise ValueError("min_item_count / max_vocab_size apply to pretrain "
+                     "only (fine-tuning maps through its vocabulary)")
+  if min_item_count < 1 or max_vocab_size < 0 or max_vocab_size == 1:
+    raise ValueError("min_item_count must be >= 1 and max_vocab_size 0 or "
+                     ">= 2, got %d and %d" % (min_item_count, max_vocab_size))
   if kind == data_loader.PRETRAIN and (item_vocab or refit_source_vocab):
     raise ValueError("item_vocab / refit_source_vocab apply to finetune only")
   if split_by not in data_loader.SPLIT_BY:
@@ -322,7 +342,8 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
         refit_source_vocab=refit_source_vocab, test_fraction=test_fraction,
         split_seed=split_seed, split_by=split_by, subsessions=subsessions,
         subsession_min_length=subsession_min_length, pad_token=pad_token,
-        skip_header=skip_header, task=task)
+        skip_header=skip_header, task=task, min_item_count=min_item_count,
+        max_vocab_size=max_vocab_size)
   data_loader.check_input_file(input_csv)
   if item_vocab:
     data_loader.check_input_file(item_vocab, "item vocabulary file")
@@ -335,6 +356,9 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
   if kind == data_loader.PRETRAIN:
     options.update(subsessions=bool(subsessions),
                    subsession_min_length=subsession_min_length)
+    if min_item_count != 1 or max_vocab_size:
+      options.update(min_item_count=min_item_count,
+                     max_vocab_size=max_vocab_size)
   else:
     options.update(split_by=split_by,
                    refit_source_vocab=bool(refit_source_vocab),
@@ -347,7 +371,8 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     if kind == data_loader.PRETRAIN:
       metadata = _convert_pretrain(input_csv, out, test_fraction, split_seed,
                                    subsessions, subsession_min_length,
-                                   pad_token, skip_header)
+                                   pad_token, skip_header, min_item_count,
+                                   max_vocab_size)
     else:
       metadata = _convert_finetune(input_csv, out, item_vocab,
                                    refit_source_vocab, test_fraction,
@@ -372,8 +397,11 @@ def summary(metadata, output_dir):
   lines = ["Converted %s CSV %s" % (metadata["kind"], metadata["input_csv"]),
            "  into %s" % data_loader.absolute_path(output_dir)]
   if metadata["kind"] == data_loader.PRETRAIN:
-    lines.append("  item vocabulary: %d ids (with <UNK>), seq_length %d" %
-                 (metadata["item_vocab_size"], metadata["seq_length"]))
+    lines.append("  item vocabulary: %d ids (with <UNK>; %d rare items, %d "
+                 "occurrences, map to it), seq_length %d" % (
+                     metadata["item_vocab_size"],
+                     metadata.get("num_unknown_item_types", 0),
+                     metadata["num_unknown_items"], metadata["seq_length"]))
     lines.append("  %d sequences -> train %d%s, test %d" % (
         metadata["num_sequences"], metadata["num_train"],
         " (with subsessions)" if metadata["subsessions"] else "",
@@ -480,6 +508,11 @@ def define_flags():
                     "Default: inferred (classification when every line has "
                     "one target and there are at most %d distinct ones), "
                     "with a message." % data_loader.MAX_INFERRED_CLASSES)
+  flags.DEFINE_integer("min_item_count", 1, "pretrain: items seen fewer "
+                       "times map to <UNK> (id 0), counted in the metadata.")
+  flags.DEFINE_integer("max_vocab_size", 0, "pretrain: at most this many "
+                       "ids (with <UNK>): the most frequent items are kept, "
+                       "the rest map to <UNK>; 0: no cap.")
   flags.DEFINE_bool("overwrite", False,
                     "Replace a different dataset already in --output_dir.")
 
@@ -495,7 +528,8 @@ def main(argv):
             split_by=FLAGS.split_by, subsessions=FLAGS.subsessions,
             subsession_min_length=FLAGS.subsession_min_length,
             pad_token=FLAGS.pad_token, skip_header=FLAGS.skip_header,
-            task=FLAGS.task, overwrite=FLAGS.overwrite,
+            task=FLAGS.task, min_item_count=FLAGS.min_item_count,
+            max_vocab_size=FLAGS.max_vocab_size, overwrite=FLAGS.overwrite,
             command=common.command_line("tfrecord_tools.convert_csv"))
   except (ValueError, OSError) as e:
     sys.exit("error: %s" % e)
