@@ -1004,14 +1004,46 @@ def read_finetune_users(input_files):
   return users
 
 
+def shard_files(files, shard):
+  """This reader's part of `files`: (files, record_shard or None).
+
+  With at least as many files as readers, reader i of n reads files i,
+  i + n, ...: disjoint sets of whole files. With fewer files, every reader
+  opens them all and keeps every n-th record (record_shard = (i, n)).
+
+  Args:
+    files: the resolved input files.
+    shard: None, or (index, count) of this reader among `count`.
+  """
+  if shard is None or shard[1] <= 1:
+    return files, None
+  index, count = shard
+  if not 0 <= index < count:
+    raise ValueError("shard index %d is not in [0, %d)" % (index, count))
+  if len(files) >= count:
+    return files[index::count], None
+  return files, (index, count)
+
+
 def _records(input_files, is_training, batch_size, drop_remainder, seed,
-             shuffle_buffer, num_epochs, row_mask=None):
+             shuffle_buffer, num_epochs, row_mask=None, shard=None):
   """Serialized examples batched: shuffle -> repeat -> batch (training).
 
   `row_mask`, a bool array over the records of `input_files` in file order,
-  keeps only the records where it is True (before any shuffle).
+  keeps only the records where it is True (before any shuffle). Several
+  training files are read interleaved, in a shuffled order; `shard`
+  (index, count) reads this reader's part (`shard_files`).
   """
-  dataset = tf.data.TFRecordDataset(resolve_input_files(input_files))
+  files, record_shard = shard_files(resolve_input_files(input_files), shard)
+  if is_training and len(files) > 1 and row_mask is None:
+    dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(
+        len(files), seed=seed, reshuffle_each_iteration=True).interleave(
+            tf.data.TFRecordDataset, cycle_length=min(len(files), 4),
+            num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    dataset = tf.data.TFRecordDataset(files)
+  if record_shard is not None:
+    dataset = dataset.shard(record_shard[1], record_shard[0])
   if row_mask is not None:
     keep = tf.constant(np.asarray(row_mask, dtype=bool))
     dataset = dataset.enumerate().filter(
@@ -1032,7 +1064,8 @@ def pretrain_input_fn_builder(input_files, seq_length, batch_size, is_training,
                               seed=None, drop_remainder=None,
                               shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
                               num_epochs=None,
-                              num_parallel_calls=tf.data.AUTOTUNE):
+                              num_parallel_calls=tf.data.AUTOTUNE,
+                              shard=None):
   """Returns an `input_fn(params)` over pretraining TFRecords.
 
   Training: shuffle -> repeat -> batch(drop_remainder=True, static shapes)
@@ -1049,6 +1082,8 @@ def pretrain_input_fn_builder(input_files, seq_length, batch_size, is_training,
     shuffle_buffer: records held by the shuffle buffer.
     num_epochs: None repeats forever (training only).
     num_parallel_calls: parallelism of the parse map.
+    shard: None, or (index, count): read only this reader's part of the
+      files (`shard_files`), e.g. one worker of a cluster.
 
   Returns:
     input_fn(params) -> tf.data.Dataset of {"itemseq": int32 [B, seq_length]}
@@ -1066,7 +1101,7 @@ def pretrain_input_fn_builder(input_files, seq_length, batch_size, is_training,
   def input_fn(params):
     del params  # Estimator passes its params; everything is in the closure.
     dataset = _records(input_files, is_training, batch_size, drop_remainder,
-                       seed, shuffle_buffer, num_epochs)
+                       seed, shuffle_buffer, num_epochs, shard=shard)
     dataset = dataset.map(parse_batch, num_parallel_calls=num_parallel_calls)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -234,7 +234,8 @@ def write_model_dir_files(model_dir, config, pretrain_config, item_vocab_path):
 def input_fn_builder(input_files, seq_length, batch_size, is_training,
                      encoder, item_size, masked_lm_prob=0.3,
                      max_predictions_per_seq=30, seed=None,
-                     shuffle_buffer=data_loader.DEFAULT_SHUFFLE_BUFFER):
+                     shuffle_buffer=data_loader.DEFAULT_SHUFFLE_BUFFER,
+                     shard=None):
   """`data_loader.pretrain_input_fn_builder` plus GRec masking for training.
 
   Args:
@@ -248,6 +249,7 @@ def input_fn_builder(input_files, seq_length, batch_size, is_training,
     masked_lm_prob, max_predictions_per_seq: GRec masking (SPEC section 3).
     seed: optional int: shuffle and masking seeds.
     shuffle_buffer: records in the shuffle buffer.
+    shard: None, or (index, count): this trainer's part of the files.
 
   Returns:
     input_fn(params) -> tf.data.Dataset of dicts:
@@ -257,7 +259,7 @@ def input_fn_builder(input_files, seq_length, batch_size, is_training,
   """
   base_input_fn = data_loader.pretrain_input_fn_builder(
       input_files, seq_length, batch_size, is_training, seed=seed,
-      shuffle_buffer=shuffle_buffer)
+      shuffle_buffer=shuffle_buffer, shard=shard)
   if encoder not in ENCODERS:
     raise ValueError("encoder must be one of %s, got %r" % (ENCODERS, encoder))
 
@@ -601,15 +603,25 @@ def run(settings):
   masking_options = {"masked_lm_prob": s["masked_lm_prob"],
                      "max_predictions_per_seq": s["max_predictions_per_seq"]}
   train_seed = s.get("seed")
-  if cluster_task is not None and train_seed is not None:
-    # Every worker reads all training files; its own shuffle order.
-    train_seed += {"chief": 0}.get(cluster_task[0], 1 + cluster_task[1])
+  shard = training_utils.training_shard(cluster_task)
+  if shard is not None:
+    # Each trainer reads its own part of the data, in its own order.
+    if train_seed is not None:
+      train_seed += shard[0]
+    files, record_shard = data_loader.shard_files(
+        data_loader.resolve_input_files(metadata["paths"]["train"]), shard)
+    described = ", ".join(files)
+    if record_shard:
+      described = "every %d-th record of %s" % (shard[1], described)
+    logging.info("%s task %d reads training shard %d of %d: %s",
+                 cluster_task[0], cluster_task[1], shard[0], shard[1],
+                 described)
   train_input_fn = input_fn_builder(
       metadata["paths"]["train"], seq_length, hp["batch_size"], True,
       s["encoder"], config.item_size, seed=train_seed,
       shuffle_buffer=s.get("shuffle_buffer",
                            data_loader.DEFAULT_SHUFFLE_BUFFER),
-      **masking_options)
+      shard=shard, **masking_options)
   eval_input_fn = input_fn_builder(
       metadata["paths"]["test"], seq_length, s["eval_batch_size"], False,
       s["encoder"], config.item_size, **masking_options)

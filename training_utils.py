@@ -270,6 +270,19 @@ def tf_config_task(environ=None):
   return task.get("type"), int(task.get("index", 0)), cluster
 
 
+def training_shard(cluster_task):
+  """(index, count) of this trainer among the chief and workers, or None.
+
+  None outside a cluster and for the ps and evaluator tasks.
+  """
+  if cluster_task is None or cluster_task[0] not in ("chief", "worker"):
+    return None
+  task_type, index, cluster = cluster_task
+  num_chiefs = len(cluster.get("chief", []))
+  count = num_chiefs + len(cluster.get("worker", []))
+  return (index if task_type == "chief" else num_chiefs + index, count)
+
+
 def distributed_device_filters(environ=None):
   """The device filters the Estimator sets itself when it owns the config.
 

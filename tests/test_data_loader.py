@@ -183,3 +183,52 @@ def test_gzip_files_are_read_transparently(tmp_path):
   with gzip.open(str(path), "wt") as f:
     f.write("a,b\nc,a\n")
   assert data_loader.read_pretrain_csv(str(path)) == [["a", "b"], ["c", "a"]]
+
+
+def _write_shards(tmp_path, num_files, rows_per_file):
+  paths = []
+  for f in range(num_files):
+    path = str(tmp_path / ("train-%05d-of-%05d.tfrecord" % (f, num_files)))
+    with tf.io.TFRecordWriter(path) as writer:
+      for r in range(rows_per_file):
+        value = f * 1000 + r
+        writer.write(tf.train.Example(features=tf.train.Features(feature={
+            "itemseq": tf.train.Feature(int64_list=tf.train.Int64List(
+                value=[value, value]))})).SerializeToString())
+    paths.append(path)
+  return paths
+
+
+def _read_all(files, shard, is_training):
+  input_fn = data_loader.pretrain_input_fn_builder(
+      files, 2, 4, is_training, seed=1, num_epochs=1, shard=shard,
+      drop_remainder=False)
+  return sorted(int(v) for batch in input_fn({})
+                for v in batch["itemseq"][:, 0].numpy())
+
+
+@pytest.mark.parametrize("num_files", [4, 1])
+def test_trainers_read_disjoint_shards_that_cover_the_data(tmp_path,
+                                                           num_files):
+  paths = _write_shards(tmp_path, num_files, 6)
+  everything = _read_all(str(tmp_path / "train-*.tfrecord"), None, True)
+  assert len(everything) == 6 * num_files
+  parts = [_read_all(str(tmp_path / "train-*.tfrecord"), (i, 3), True)
+           for i in range(3)]
+  assert sorted(sum(parts, [])) == everything  # disjoint, and all of it
+  assert all(parts)
+  files, record_shard = data_loader.shard_files(paths, (1, 3))
+  if num_files == 4:  # whole files: 1 and 4 of 0..3
+    assert (files, record_shard) == ([paths[1]], None)
+  else:  # one file: every third record
+    assert (files, record_shard) == (paths, (1, 3))
+
+
+def test_training_shard_of_each_cluster_task():
+  import training_utils  # pylint: disable=g-import-not-at-top
+  cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"], "ps": ["d:1"]}
+  assert training_utils.training_shard(("chief", 0, cluster)) == (0, 3)
+  assert training_utils.training_shard(("worker", 1, cluster)) == (2, 3)
+  assert training_utils.training_shard(("ps", 0, cluster)) is None
+  assert training_utils.training_shard(("evaluator", 0, cluster)) is None
+  assert training_utils.training_shard(None) is None
