@@ -1,6 +1,6 @@
 """PeterRec data: CSV parsing, vocabulary, example rows and tf.data input.
 
-Two halves, both following SPEC section 1:
+Two halves, both following docs/MODEL.md §1:
 
 * Pure Python / numpy, used by the TFRecord converter (`tfrecord_tools/`),
   by tests and by the feed_dict benchmark: CSV readers, `Vocabulary` (the
@@ -265,7 +265,7 @@ def split_fields(text, what, path="<string>", line_number=0, line=None):
 
 
 def parse_pretrain_line(line, path="<string>", line_number=0):
-  """`i1,i2,...,iN` -> list of N str tokens (SPEC section 1)."""
+  """`i1,i2,...,iN` -> list of N str tokens (docs/MODEL.md §1)."""
   if FINETUNE_SEPARATOR in line:
     raise DataFormatError(
         path, line_number, "unexpected '%s' in a pretraining line (is this a "
@@ -581,7 +581,7 @@ def finetune_examples(source_ids, target_ids, return_users=False):
 
 
 def example_rows(sources, targets, causal):
-  """Rows of SPEC section 1 from per-example sources and targets.
+  """Rows of docs/MODEL.md §1 from per-example sources and targets.
 
   Args:
     sources: int [num_examples, source_length].
@@ -1109,7 +1109,7 @@ def pretrain_input_fn_builder(input_files, seq_length, batch_size, is_training,
 
 
 def finetune_rows(source, target, causal, cls_at_start=False):
-  """Builds SPEC rows in the graph.
+  """Builds the rows of docs/MODEL.md §1 in the graph.
 
   Args:
     source: int32 Tensor [B, source_length].

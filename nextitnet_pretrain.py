@@ -15,7 +15,7 @@ final evaluation) and, with `--do_predict`, `predictions.tsv`.
   python nextitnet_pretrain.py --data_dir=data/ml1m --model_dir=runs/ml1m \
       --encoder=nextitnet --softmax=sampled --batch_size=32 --train_steps=5000
 
-Evaluation (SPEC section 3): every test sequence, the whole test set; the
+Evaluation (docs/MODEL.md §3): every test sequence, the whole test set; the
 last item is held out, the model scores ALL items from the last position
 (NextItNet: context = every item but the last; GRec: the last item replaced
 by id 0), and MRR@k, HR@k, NDCG@k of the held-out item are reported.
@@ -246,7 +246,7 @@ def input_fn_builder(input_files, seq_length, batch_size, is_training,
     is_training: bool.
     encoder: "nextitnet" or "grec".
     item_size: item vocabulary size (random replacements of the masking).
-    masked_lm_prob, max_predictions_per_seq: GRec masking (SPEC section 3).
+    masked_lm_prob, max_predictions_per_seq: GRec masking (docs/MODEL.md §3).
     seed: optional int: shuffle and masking seeds.
     shuffle_buffer: records in the shuffle buffer.
     shard: None, or (index, count): this trainer's part of the files.
@@ -830,7 +830,7 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_integer("shuffle_buffer", data_loader.DEFAULT_SHUFFLE_BUFFER,
                        "Training shuffle buffer (records).", **fv)
   flags.DEFINE_integer("intra_op_threads", 1,
-                       "Session intra-op threads (PERF_NOTES: 1 is best on 2 "
+                       "Session intra-op threads (1 is best on 2 "
                        "cores).", **fv)
   flags.DEFINE_integer("chief_waits_for_workers_secs", 0,
                        "Under TF_CONFIG with workers: the chief waits up to "

@@ -21,7 +21,7 @@ Datasets (PAPER.md, "Our analogs"): `demo` is generated
 group-classification task and a cold-start task); `movielens-1m` and
 `amazon-afk` are read in place from `--data_root` (default
 $PETERREC_SHARED_DATA or ../shared/data); `custom` takes CSVs in the
-original formats (SPEC section 1), one fine-tuning CSV per task, named by
+original formats (docs/MODEL.md §1), one fine-tuning CSV per task, named by
 its file name.
 
 Outputs in `--output_dir` (default output/tables/<dataset>): `data/`

@@ -19,7 +19,7 @@ The SavedModel takes raw item-id strings, so a client needs no vocabulary:
 
 Inside the graph: a `tf.lookup.StaticHashTable` over the pretraining item
 vocabulary (the tokens are a graph constant: the SavedModel is
-self-contained) -> the SPEC row layout (`[source..., 0]`, non-causal
+self-contained) -> the row layout (docs/MODEL.md §1) (`[source..., 0]`, non-causal
 `[0, source..., 0]`) -> the fine-tuned network, with the variables of the
 fine-tuned checkpoint -> scores of every target (id 0 masked) -> top-k,
 mapped back to target strings.

@@ -66,7 +66,7 @@ def make_estimator(model_fn, model_dir, tf_random_seed=None,
 def session_config(intra_op_threads=1, inter_op_threads=2):
   """ConfigProto with the thread settings measured best on 2 cores.
 
-  PERF_NOTES.md: intra 1 / inter 2 was fastest for these small steps.
+  intra 1 / inter 2 was fastest for these small steps (benchmarks/README.md).
   0 means "let TensorFlow decide".
   """
   config = tf.compat.v1.ConfigProto(

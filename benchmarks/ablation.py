@@ -72,7 +72,7 @@ VARIANTS = collections.OrderedDict([
                         "tf.nn.sampled_softmax_loss), threads 1/2",
                         ORIGINAL_GRAPH)),
     ("matmul_strided", ("+ conv as one matmul over k stacked shifted copies "
-                        "(strided slices: PERF_NOTES' formulation)", _STEP3)),
+                        "(strided slices)", _STEP3)),
     ("matmul_pad_slice", ("+ the same copies built with pad(slice): no "
                           "StridedSliceGrad", _STEP4)),
     ("layer_norm", ("+ analytic-gradient layer norm", _STEP5)),
@@ -122,7 +122,7 @@ def _stacked_matmul_conv(inputs, weight, bias, dilation, kernel_size, causal,
                          views):
   """One product over the k stacked shifted copies (batch-major).
 
-  views="strided": strided slices of a padded copy (PERF_NOTES' prototype);
+  views="strided": strided slices of a padded copy (an earlier prototype);
   views="pad_slice": each copy as pad(slice(x)).
   """
   batch_size, seq_length, in_channels = layers.get_shape_list(inputs, 3)

@@ -165,7 +165,7 @@ def finetune_loop(preset, metadata, insertion, seed=1):
   records = read_int_records(metadata["paths"]["train"],
                              {"source": metadata["source_length"],
                               "target": 1})
-  # The SPEC's causal rows: [source..., 0 ([CLS]), target].
+  # The causal rows of docs/MODEL.md §1: [source..., 0 ([CLS]), target].
   rows = np.concatenate([records["source"], np.zeros_like(records["target"]),
                          records["target"]], axis=1)
   batches = _Batches(len(rows), preset.finetune_batch, rng)

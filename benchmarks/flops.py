@@ -10,7 +10,7 @@ the optimizer and data movement (they are elementwise, O(positions * C)
 instead of O(positions * C^2), and are what keeps a small step away from the
 matmul peak; see benchmarks/README.md).
 
-Reference points (PERF_NOTES.md): NextItNet demo pretraining (64 channels,
+Reference points: NextItNet demo pretraining (64 channels,
 batch 32, length 20, 1,000 sampled) ~0.95 GFLOP a step; PeterRec serial
 fine-tuning (batch 512, length 21) ~10.3 GFLOP a step.
 """

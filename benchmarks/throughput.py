@@ -66,7 +66,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   flags.DEFINE_enum("preset", "demo", sorted(workloads.PRESETS),
-                    "Sizes: demo (issue 7: 64 channels), paper (256 "
+                    "Sizes: demo (64 channels), paper (256 "
                     "channels), smoke (tiny, for the test).")
   flags.DEFINE_list("workloads", list(workloads.WORKLOADS),
                     "Which of %s to run." % ", ".join(workloads.WORKLOADS))

@@ -50,7 +50,7 @@ class Preset:
 
 
 PRESETS = {
-    # The sizes of issue 7 (and of the original demo code).
+    # The sizes of the original demo code.
     "demo": Preset("demo"),
     # The paper's width: 256 channels; fewer, longer steps.
     "paper": Preset("paper", channels=256, pretrain_steps=(30, 100, 3000),

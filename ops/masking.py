@@ -6,7 +6,7 @@ training batch in Python with `random.Random()` and feeds the result through
 can run inside a `tf.data` map (with a stateless seed per batch) or inside a
 model function, and it is reproducible for a given seed.
 
-Per sequence (SPEC section 3):
+Per sequence (docs/MODEL.md §3):
 - every position is a candidate (the original has no `[CLS]`/`[SEP]`; the
   data's pad token is an ordinary item and can be chosen);
 - `num_to_predict = min(max_predictions_per_seq,

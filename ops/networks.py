@@ -136,7 +136,7 @@ def peterrec_user_vectors(context, config, patch, cardinality=1,
   original does, so that its checkpoint restores without unmatched names.
 
   Args:
-    context: int32 [batch_size, seq_length]: rows[:, :-1] of the SPEC layout.
+    context: int32 [batch_size, seq_length]: rows[:, :-1] of the row layout (docs/MODEL.md §1).
     config: ModelConfig.
     patch: None (no patches: FineAll/FineCLS/FineLast), "serial", "parallel".
     cardinality: branches of each patch.

@@ -132,7 +132,7 @@ def lambdafm_probabilities(target_frequencies, rho=0.3):
 
   This is the *intended* distribution: the original reads its probabilities
   from a dict's values in rank order but then treats entry k as id k + 1
-  (SPEC section 6), which samples the wrong ids. See docs/DEVIATIONS.md.
+  (docs/DEVIATIONS.md), which samples the wrong ids.
 
   Args:
     target_frequencies: sequence of ints, length target_vocab_size.

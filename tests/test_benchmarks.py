@@ -59,7 +59,7 @@ def test_finetune_flops_by_hand():
 
 
 def test_demo_step_flops_match_the_issue():
-  """PERF_NOTES: ~0.95 GFLOP a pretraining step, ~10.3 a fine-tuning step."""
+  """benchmarks/flops.py: ~0.95 GFLOP a pretraining step, ~10.3 a fine-tuning step."""
   preset = workloads.PRESETS["demo"]
   pretrain = flops.pretrain_flops(
       "nextitnet", preset.pretrain_batch, preset.seq_length, preset.channels,

@@ -1,4 +1,4 @@
-r"""Converts a pretraining or fine-tuning CSV (SPEC section 1) to TFRecords.
+r"""Converts a pretraining or fine-tuning CSV (docs/MODEL.md §1) to TFRecords.
 
 Writes into --output_dir: `train.tfrecord`, `test.tfrecord`, `item_vocab.txt`
 (line i = token of id i, line 0 = <UNK>), for fine-tuning `target_vocab.txt`,

@@ -10,7 +10,7 @@ Reads the GroupLens files as they are (gzipped or not):
 Writes into --output_dir (each through a temporary name):
   pretrain.csv         one user a line: the user's movies in time order,
                        the most recent --max_seq_length kept, left-padded
-                       with --pad_token ("0") to that length (SPEC 1).
+                       with --pad_token ("0") to that length (docs/MODEL.md §1).
   finetune_gender.csv  the same sequence, `,,`, then F or M.
   finetune_age.csv     the same sequence, `,,`, then the ML-1M age bucket
                        code: 1 (<18), 18 (18-24), 25 (25-34), 35 (35-44),
