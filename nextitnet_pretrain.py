@@ -491,16 +491,15 @@ def write_predictions(path, predictions, vocab_tokens):
   return count
 
 
-def run(settings):
-  """Runs pretraining/evaluation/prediction from a dict of resolved settings.
+Plan = collections.namedtuple("Plan", [
+    "settings", "metadata", "hparams", "config", "num_sampled",
+    "train_steps", "top_k", "init_checkpoint", "cluster_task"])
+Plan.__doc__ = """What a pretraining run does, decided before any graph."""
 
-  `main` builds `settings` from the flags (see `define_flags` for the keys).
 
-  Returns:
-    dict: the final metrics (empty when not evaluated).
-  """
+def _checked_settings(settings):
+  """A copy of `settings`, checked before any data is read."""
   s = dict(settings)
-  # Fail fast, before reading data or building graphs.
   training_utils.check_positive({name: s.get(name) for name in (
       "train_steps", "num_epochs", "batch_size", "eval_batch_size")})
   training_utils.set_process_threads(s.get("intra_op_threads", 1),
@@ -508,7 +507,11 @@ def run(settings):
   training_utils.check_writable_dir(s["model_dir"], "--model_dir")
   if s.get("deterministic"):
     training_utils.enable_determinism()
-  cluster_task = training_utils.tf_config_task()
+  return s
+
+
+def _plan(s):
+  """Reads the data's metadata, resolves and checks the configuration."""
   metadata = data_loader.load_metadata(s["data_dir"])
   if metadata["kind"] != data_loader.PRETRAIN:
     raise training_utils.RunError(
@@ -518,9 +521,8 @@ def run(settings):
                        {k: s.get(k) for k in PRESET_KEYS})
   causal = s["encoder"] == "nextitnet"
   if causal and s.get("has_positional_embedding"):
-    raise training_utils.RunError("--has_positional_embedding is a GRec option "
-                     "(--encoder=grec)")
-  seq_length = metadata["seq_length"]
+    raise training_utils.RunError("--has_positional_embedding is a GRec "
+                                  "option (--encoder=grec)")
   config = modeling.ModelConfig(
       item_size=metadata["item_vocab_size"], channels=hp["channels"],
       dilations=hp["dilations"], kernel_size=hp["kernel_size"],
@@ -528,10 +530,11 @@ def run(settings):
       has_positional_embedding=bool(s.get("has_positional_embedding")),
       max_position=s.get("max_position") or 100,
       conv_implementation=s.get("conv_implementation") or "matmul")
-  if config.has_positional_embedding and config.max_position < seq_length:
+  if (config.has_positional_embedding and
+      config.max_position < metadata["seq_length"]):
     raise training_utils.RunError(
         "--max_position %d is shorter than the sequences (%d)" %
-        (config.max_position, seq_length))
+        (config.max_position, metadata["seq_length"]))
   num_sampled = s.get("num_sampled")
   if num_sampled is None:
     num_sampled = heads.default_num_sampled(config.item_size)
@@ -543,33 +546,41 @@ def run(settings):
   if train_steps is None:
     train_steps = hp["num_epochs"] * steps_per_epoch(metadata["num_train"],
                                                      hp["batch_size"])
-  top_k = s.get("top_k") or 5
   init_checkpoint = s.get("init_checkpoint") or None
   if init_checkpoint:
     init_checkpoint = check_init_checkpoint(init_checkpoint, config,
                                             hp["softmax"], s["data_dir"])
-  model_dir = s["model_dir"]
-  pretrain_config = {
+  return Plan(s, metadata, hp, config, num_sampled, train_steps,
+              s.get("top_k") or 5, init_checkpoint,
+              training_utils.tf_config_task())
+
+
+def _pretrain_config(plan):
+  """What pretrain_config.json records about the run."""
+  s, hp, metadata = plan.settings, plan.hparams, plan.metadata
+  causal = plan.config.causal
+  return {
       "encoder": s["encoder"],
       "preset": s["preset"],
       "softmax": hp["softmax"],
-      "num_sampled": num_sampled if hp["softmax"] == "sampled" else None,
+      "num_sampled": (plan.num_sampled if hp["softmax"] == "sampled"
+                      else None),
       "learning_rate": hp["learning_rate"],
       "beta1": s.get("beta1", 0.9),
       "batch_size": hp["batch_size"],
       "eval_batch_size": s["eval_batch_size"],
       "num_epochs": hp["num_epochs"],
-      "train_steps": train_steps,
-      "top_k": top_k,
+      "train_steps": plan.train_steps,
+      "top_k": plan.top_k,
       "masked_lm_prob": s["masked_lm_prob"] if not causal else None,
       "max_predictions_per_seq": (s["max_predictions_per_seq"]
                                   if not causal else None),
       "num_to_predict": (masking.num_to_predict(
-          seq_length, s["masked_lm_prob"], s["max_predictions_per_seq"])
-                         if not causal else None),
+          metadata["seq_length"], s["masked_lm_prob"],
+          s["max_predictions_per_seq"]) if not causal else None),
       "seed": s.get("seed"),
       "deterministic": bool(s.get("deterministic")),
-      "init_checkpoint": init_checkpoint,
+      "init_checkpoint": plan.init_checkpoint,
       "data_dir": metadata["data_dir"],
       "data": {k: metadata.get(k) for k in (
           "item_vocab_size", "item_vocab_sha1", "seq_length", "num_train",
@@ -577,33 +588,14 @@ def run(settings):
           "split_seed")},
       "command": " ".join(s.get("argv") or sys.argv),
   }
-  write_model_dir_files(model_dir, config, pretrain_config,
-                        metadata["paths"]["item_vocab"])
-  resumed_from = tf.train.latest_checkpoint(model_dir)
-  if resumed_from:
-    logging.info("%s exists: continuing from it%s", resumed_from,
-                 " (--init_checkpoint is only used by a fresh --model_dir)"
-                 if init_checkpoint else "")
-  logging.info("Model configuration: %s",
-               json.dumps(config.to_dict(), sort_keys=True))
-  logging.info("Pretraining configuration: %s",
-               json.dumps(pretrain_config, sort_keys=True))
 
-  model_fn = model_fn_builder(config, hp["softmax"], hp["learning_rate"],
-                              num_sampled=num_sampled,
-                              init_checkpoint=init_checkpoint, top_k=top_k,
-                              beta1=s.get("beta1", 0.9))
-  estimator = training_utils.make_estimator(
-      model_fn, model_dir, tf_random_seed=s.get("seed"),
-      save_checkpoints_steps=s["save_checkpoints_steps"],
-      keep_checkpoint_max=s["keep_checkpoint_max"],
-      save_summary_steps=s["save_summary_steps"],
-      intra_op_threads=s.get("intra_op_threads", 1),
-      inter_op_threads=s.get("inter_op_threads", 2))
-  masking_options = {"masked_lm_prob": s["masked_lm_prob"],
-                     "max_predictions_per_seq": s["max_predictions_per_seq"]}
+
+def _input_fns(plan):
+  """(training input_fn, evaluation input_fn); a trainer of a cluster reads
+  its own shard of the training files."""
+  s, metadata = plan.settings, plan.metadata
   train_seed = s.get("seed")
-  shard = training_utils.training_shard(cluster_task)
+  shard = training_utils.training_shard(plan.cluster_task)
   if shard is not None:
     # Each trainer reads its own part of the data, in its own order.
     if train_seed is not None:
@@ -614,112 +606,179 @@ def run(settings):
     if record_shard:
       described = "every %d-th record of %s" % (shard[1], described)
     logging.info("%s task %d reads training shard %d of %d: %s",
-                 cluster_task[0], cluster_task[1], shard[0], shard[1],
-                 described)
+                 plan.cluster_task[0], plan.cluster_task[1], shard[0],
+                 shard[1], described)
+  options = {"masked_lm_prob": s["masked_lm_prob"],
+             "max_predictions_per_seq": s["max_predictions_per_seq"]}
   train_input_fn = input_fn_builder(
-      metadata["paths"]["train"], seq_length, hp["batch_size"], True,
-      s["encoder"], config.item_size, seed=train_seed,
+      metadata["paths"]["train"], metadata["seq_length"],
+      plan.hparams["batch_size"], True, s["encoder"], plan.config.item_size,
+      seed=train_seed,
       shuffle_buffer=s.get("shuffle_buffer",
                            data_loader.DEFAULT_SHUFFLE_BUFFER),
-      shard=shard, **masking_options)
+      shard=shard, **options)
   eval_input_fn = input_fn_builder(
-      metadata["paths"]["test"], seq_length, s["eval_batch_size"], False,
-      s["encoder"], config.item_size, **masking_options)
-  do_train = s["do_train"] and train_steps > 0
+      metadata["paths"]["test"], metadata["seq_length"], s["eval_batch_size"],
+      False, s["encoder"], plan.config.item_size, **options)
+  return train_input_fn, eval_input_fn
+
+
+def _check_cluster_options(plan, do_train, do_eval):
+  if plan.cluster_task is None:
+    return
+  # TF_CONFIG: train_and_evaluate runs this task's role (chief, worker, ps,
+  # evaluator); only the evaluator evaluates and writes metrics.json.
+  if not (do_train and do_eval):
+    raise training_utils.RunError(
+        "under TF_CONFIG (%s task %d) training and evaluation run through "
+        "train_and_evaluate: --do_train and --do_eval must be true" %
+        plan.cluster_task[:2])
+  if plan.settings.get("do_predict"):
+    raise training_utils.RunError(
+        "--do_predict is not supported under TF_CONFIG")
+
+
+def _data_files(plan):
+  return [plan.metadata["paths"]["train"], plan.metadata["paths"]["test"]]
+
+
+def train(plan, estimator, train_input_fn, eval_input_fn, do_eval):
+  """Trains (and, with do_eval, evaluates as train_and_evaluate does).
+
+  Returns:
+    the last evaluation result of train_and_evaluate, or None.
+  """
+  s, cluster_task = plan.settings, plan.cluster_task
+  hooks = [training_utils.ProgressHook(
+      TRAIN_LOSS_NAME + ":0", plan.hparams["batch_size"],
+      s["log_step_count_steps"], plan.train_steps, estimator.model_dir)]
+  if (cluster_task is not None and cluster_task[0] == "chief" and
+      cluster_task[2].get("worker") and s.get("chief_waits_for_workers_secs")):
+    hooks.append(training_utils.WaitForWorkersHook(
+        s["chief_waits_for_workers_secs"]))
+  with training_utils.data_loss_guard(_data_files(plan)):
+    if not do_eval:
+      estimator.train(train_input_fn, max_steps=plan.train_steps, hooks=hooks)
+      return None
+    train_spec = tf.estimator.TrainSpec(train_input_fn,
+                                        max_steps=plan.train_steps,
+                                        hooks=hooks)
+    eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=None,
+                                      throttle_secs=s["eval_throttle_secs"],
+                                      start_delay_secs=0)
+    eval_result, _ = (tf.estimator.train_and_evaluate(
+        estimator, train_spec, eval_spec) or (None, None))
+    return eval_result
+
+
+def evaluate(plan, estimator, eval_input_fn, eval_result, timings):
+  """Evaluates the latest checkpoint unless `eval_result` is of it; writes
+  metrics.json and prints the table. Returns the metrics."""
+  latest = tf.train.latest_checkpoint(estimator.model_dir)
+  latest_step = (None if latest is None else int(
+      checkpoint_lib.reader(latest).get_tensor("global_step")))
+  if eval_result is None or int(eval_result["global_step"]) != latest_step:
+    start = time.time()
+    with training_utils.data_loss_guard(_data_files(plan)):
+      eval_result = estimator.evaluate(
+          eval_input_fn, steps=None,
+          hooks=[training_utils.EvaluationProgressHook(
+              "evaluating the test split", plan.metadata["num_test"],
+              plan.settings["eval_batch_size"])])
+    timings["eval_seconds"] = round(time.time() - start, 1)
+  metrics = final_metrics(eval_result, plan.top_k)
+  expected = plan.metadata["num_test"]
+  if metrics["num_examples"] != expected:
+    logging.info("%d of %d test sequences were ranked (the others end in "
+                 "id 0, padding)", metrics["num_examples"], expected)
+  report = dict(metrics)
+  report.update({
+      "encoder": plan.settings["encoder"],
+      "softmax": plan.hparams["softmax"],
+      "top_k": plan.top_k,
+      "num_test_sequences": expected,
+      "test_file": plan.metadata["paths"]["test"],
+      "protocol": "held-out last item ranked among all %d items" %
+                  plan.config.item_size,
+      "timings": timings,
+  })
+  training_utils.write_json_atomic(
+      os.path.join(estimator.model_dir, METRICS_FILENAME), report)
+  print(training_utils.format_metrics_table(
+      dict(metrics),
+      title="%s pretraining, %s, step %d: full ranking of the last item" % (
+          plan.settings["encoder"],
+          os.path.basename(os.path.normpath(plan.settings["data_dir"])),
+          metrics["global_step"])))
+  sys.stdout.flush()
+  return metrics
+
+
+def predict(plan, estimator, eval_input_fn):
+  vocab = data_loader.Vocabulary.load(plan.metadata["paths"]["item_vocab"])
+  path = os.path.join(estimator.model_dir, PREDICTIONS_FILENAME)
+  count = write_predictions(
+      path, estimator.predict(eval_input_fn, yield_single_examples=True),
+      vocab.tokens)
+  logging.info("wrote %d predictions to %s", count, path)
+
+
+def run(settings):
+  """Runs pretraining/evaluation/prediction from a dict of resolved settings.
+
+  `main` builds `settings` from the flags (see `define_flags` for the keys).
+
+  Returns:
+    dict: the final metrics (empty when not evaluated).
+  """
+  s = _checked_settings(settings)
+  plan = _plan(s)
+  model_dir = s["model_dir"]
+  pretrain_config = _pretrain_config(plan)
+  write_model_dir_files(model_dir, plan.config, pretrain_config,
+                        plan.metadata["paths"]["item_vocab"])
+  resumed_from = tf.train.latest_checkpoint(model_dir)
+  if resumed_from:
+    logging.info("%s exists: continuing from it%s", resumed_from,
+                 " (--init_checkpoint is only used by a fresh --model_dir)"
+                 if plan.init_checkpoint else "")
+  logging.info("Model configuration: %s",
+               json.dumps(plan.config.to_dict(), sort_keys=True))
+  logging.info("Pretraining configuration: %s",
+               json.dumps(pretrain_config, sort_keys=True))
+  model_fn = model_fn_builder(
+      plan.config, plan.hparams["softmax"], plan.hparams["learning_rate"],
+      num_sampled=plan.num_sampled, init_checkpoint=plan.init_checkpoint,
+      top_k=plan.top_k, beta1=s.get("beta1", 0.9))
+  estimator = training_utils.make_estimator(
+      model_fn, model_dir, tf_random_seed=s.get("seed"),
+      save_checkpoints_steps=s["save_checkpoints_steps"],
+      keep_checkpoint_max=s["keep_checkpoint_max"],
+      save_summary_steps=s["save_summary_steps"],
+      intra_op_threads=s.get("intra_op_threads", 1),
+      inter_op_threads=s.get("inter_op_threads", 2))
+  train_input_fn, eval_input_fn = _input_fns(plan)
+  do_train = s["do_train"] and plan.train_steps > 0
   do_eval = s["do_eval"]
-  if cluster_task is not None:
-    # TF_CONFIG: train_and_evaluate runs this task's role (chief, worker,
-    # ps, evaluator); only the evaluator evaluates and writes metrics.json.
-    if not (do_train and do_eval):
-      raise training_utils.RunError(
-          "under TF_CONFIG (%s task %d) training and evaluation run through "
-          "train_and_evaluate: --do_train and --do_eval must be true" %
-          cluster_task[:2])
-    if s.get("do_predict"):
-      raise training_utils.RunError(
-          "--do_predict is not supported under TF_CONFIG")
-  data_files = [metadata["paths"]["train"], metadata["paths"]["test"]]
-  if do_eval and metadata["num_test"] == 0:
+  _check_cluster_options(plan, do_train, do_eval)
+  if do_eval and plan.metadata["num_test"] == 0:
     logging.warning("the test split of %s is empty: no evaluation",
                     s["data_dir"])
     do_eval = False
-
-  eval_result = None
-  timings = {}
+  eval_result, timings = None, {}
   if do_train:
-    hooks = [training_utils.ProgressHook(
-        TRAIN_LOSS_NAME + ":0", hp["batch_size"], s["log_step_count_steps"],
-        train_steps, model_dir)]
-    if (cluster_task is not None and cluster_task[0] == "chief" and
-        cluster_task[2].get("worker") and s.get("chief_waits_for_workers_secs")):
-      hooks.append(training_utils.WaitForWorkersHook(
-          s["chief_waits_for_workers_secs"]))
     start = time.time()
-    if do_eval:
-      train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=train_steps,
-                                          hooks=hooks)
-      eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=None,
-                                        throttle_secs=s["eval_throttle_secs"],
-                                        start_delay_secs=0)
-      with training_utils.data_loss_guard(data_files):
-        eval_result, _ = (tf.estimator.train_and_evaluate(
-            estimator, train_spec, eval_spec) or (None, None))
-    else:
-      with training_utils.data_loss_guard(data_files):
-        estimator.train(train_input_fn, max_steps=train_steps, hooks=hooks)
+    eval_result = train(plan, estimator, train_input_fn, eval_input_fn,
+                        do_eval)
     timings["train_and_eval_seconds"] = round(time.time() - start, 1)
-  if cluster_task is not None and cluster_task[0] != "evaluator":
-    logging.info("%s task %d done", cluster_task[0], cluster_task[1])
+  if plan.cluster_task is not None and plan.cluster_task[0] != "evaluator":
+    logging.info("%s task %d done", *plan.cluster_task[:2])
     return {}
-  if do_eval:
-    latest = tf.train.latest_checkpoint(model_dir)
-    latest_step = (None if latest is None else int(
-        checkpoint_lib.reader(latest).get_tensor("global_step")))
-    if eval_result is None or int(eval_result["global_step"]) != latest_step:
-      start = time.time()
-      with training_utils.data_loss_guard(data_files):
-        eval_result = estimator.evaluate(
-            eval_input_fn, steps=None,
-            hooks=[training_utils.EvaluationProgressHook(
-                "evaluating the test split", metadata["num_test"],
-                s["eval_batch_size"])])
-      timings["eval_seconds"] = round(time.time() - start, 1)
-
   metrics = {}
-  if eval_result is not None:
-    metrics = final_metrics(eval_result, top_k)
-    expected = metadata["num_test"]
-    if metrics["num_examples"] != expected:
-      logging.info("%d of %d test sequences were ranked (the others end in "
-                   "id 0, padding)", metrics["num_examples"], expected)
-    report = dict(metrics)
-    report.update({
-        "encoder": s["encoder"],
-        "softmax": hp["softmax"],
-        "top_k": top_k,
-        "num_test_sequences": expected,
-        "test_file": metadata["paths"]["test"],
-        "protocol": "held-out last item ranked among all %d items" %
-                    config.item_size,
-        "timings": timings,
-    })
-    training_utils.write_json_atomic(os.path.join(model_dir, METRICS_FILENAME),
-                                     report)
-    print(training_utils.format_metrics_table(
-        {k: v for k, v in metrics.items()},
-        title="%s pretraining, %s, step %d: full ranking of the last item" %
-        (s["encoder"], os.path.basename(os.path.normpath(s["data_dir"])),
-         metrics["global_step"])))
-    sys.stdout.flush()
-
+  if do_eval:
+    metrics = evaluate(plan, estimator, eval_input_fn, eval_result, timings)
   if s.get("do_predict"):
-    vocab = data_loader.Vocabulary.load(metadata["paths"]["item_vocab"])
-    count = write_predictions(
-        os.path.join(model_dir, PREDICTIONS_FILENAME),
-        estimator.predict(eval_input_fn, yield_single_examples=True),
-        vocab.tokens)
-    logging.info("wrote %d predictions to %s", count,
-                 os.path.join(model_dir, PREDICTIONS_FILENAME))
+    predict(plan, estimator, eval_input_fn)
   return metrics
 
 
