@@ -393,17 +393,7 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
                                           "item id in features[%s]" % name))
         for name, value in features.items()}
     if mode == tf.estimator.ModeKeys.TRAIN:
-      if config.causal:
-        outputs = networks.nextitnet_pretrain(
-            features["itemseq"], config, softmax=softmax,
-            num_sampled=num_sampled)
-      else:
-        outputs = networks.grec_pretrain(
-            features["masked_itemseq"], features["masked_positions"],
-            features["masked_labels"], config, softmax=softmax,
-            num_sampled=num_sampled)
-      # Named, so that training_utils.ProgressHook can fetch it.
-      loss = tf.identity(outputs["loss"], name=TRAIN_LOSS_NAME)
+      loss = _training_loss(features, config, softmax, num_sampled)
     else:
       logits, label_ids = evaluation_logits(features["itemseq"], config,
                                             softmax)
@@ -437,6 +427,19 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
     return tf.estimator.EstimatorSpec(mode, predictions=predictions)
 
   return model_fn
+
+
+def _training_loss(features, config, softmax, num_sampled):
+  """The pretraining loss, named TRAIN_LOSS_NAME for the ProgressHook."""
+  if config.causal:
+    outputs = networks.nextitnet_pretrain(
+        features["itemseq"], config, softmax=softmax, num_sampled=num_sampled)
+  else:
+    outputs = networks.grec_pretrain(
+        features["masked_itemseq"], features["masked_positions"],
+        features["masked_labels"], config, softmax=softmax,
+        num_sampled=num_sampled)
+  return tf.identity(outputs["loss"], name=TRAIN_LOSS_NAME)
 
 
 def _warm_start(init_checkpoint, log=True):
@@ -877,26 +880,17 @@ def define_flags(flag_values=flags.FLAGS):
                     "tf.config.experimental.enable_op_determinism(): with "
                     "the same --seed, two runs give identical losses and "
                     "metrics (README 'Reliability': what it costs).", **fv)
-  flags.DEFINE_integer("save_checkpoints_steps", 1000,
-                       "Checkpoint every this many steps.", **fv)
-  flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.", **fv)
-  flags.DEFINE_integer("save_summary_steps", 100, "TensorBoard cadence.", **fv)
-  flags.DEFINE_integer("log_step_count_steps", 100,
-                       "Log loss, steps/sec and examples/sec this often.", **fv)
   flags.DEFINE_integer("eval_throttle_secs", 600,
                        "Evaluate a new checkpoint at most this often during "
                        "training (the last one is always evaluated).", **fv)
   flags.DEFINE_integer("shuffle_buffer", data_loader.DEFAULT_SHUFFLE_BUFFER,
                        "Training shuffle buffer (records).", **fv)
-  flags.DEFINE_integer("intra_op_threads", 1,
-                       "Session intra-op threads (1 is best on 2 "
-                       "cores).", **fv)
   flags.DEFINE_integer("chief_waits_for_workers_secs", 0,
                        "Under TF_CONFIG with workers: the chief waits up to "
                        "this long for a worker's first step before its own "
                        "(short runs otherwise finish on the chief alone).",
                        **fv)
-  flags.DEFINE_integer("inter_op_threads", 2, "Session inter-op threads.", **fv)
+  training_utils.define_runtime_flags(flag_values)
 
 
 SETTING_FLAGS = (

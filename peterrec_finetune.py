@@ -610,21 +610,9 @@ def _define_outputs_and_runtime_flags(fv):
       "task_patch", None, "Evaluate/predict an exported task_patch/ "
       "directory with the backbone --init_checkpoint; needs "
       "--do_train=false.", flag_values=fv)
-  flags.DEFINE_integer("save_checkpoints_steps", 1000, "Checkpoint cadence.",
-                       flag_values=fv)
-  flags.DEFINE_integer("save_summary_steps", 100, "Summary cadence.",
-                       flag_values=fv)
-  flags.DEFINE_integer("log_step_count_steps", 100, "Cadence of the "
-                       "progress line (step/total, loss, speed, ETA).",
-                       flag_values=fv)
-  flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.",
-                       flag_values=fv)
   flags.DEFINE_bool("save_graph_def", False, "Write graph.pbtxt and .meta "
                     "files with the checkpoints.", flag_values=fv)
-  flags.DEFINE_integer("intra_op_threads", 1, "intra_op_parallelism_threads.",
-                       flag_values=fv)
-  flags.DEFINE_integer("inter_op_threads", 2, "inter_op_parallelism_threads.",
-                       flag_values=fv)
+  training_utils.define_runtime_flags(fv)
 
 
 def define_flags(flag_values=flags.FLAGS):
