@@ -189,9 +189,16 @@ def test_causal_parallel_lambdafm_bpr_full_ranking(demo_data):
 
 
 def test_grec_classification(demo_data):
-  values = options(demo_data, "classification", task="classification",
+  # The demo's targets read as class labels: converted as a classification
+  # task (fine-tuning refuses a --task that contradicts the dataset's).
+  data_dir = str(demo_data["root"] / "classification_data")
+  convert_csv.convert(
+      "finetune", conftest.DEMO_FINETUNE_CSV, data_dir,
+      item_vocab=str(demo_data["root"] / "pretrain_data" / "item_vocab.txt"),
+      test_fraction=0.2, task="classification", print_summary=False)
+  values = options(demo_data, "classification",
                    init_checkpoint=conftest.CLOZE_CHECKPOINT, backbone="grec",
-                   loss="softmax", num_train_steps=2)
+                   loss="softmax", num_train_steps=2, data_dir=data_dir)
   outputs = ft.run(values)
   metrics = outputs["metrics"]["metrics"]
   assert set(metrics) == {"accuracy", "loss", "num_examples"}
