@@ -31,6 +31,7 @@ def finetune(world, method, root):
       task="classification", num_train_steps=250, train_batch_size=32,
       eval_batch_size=256, learning_rate=0.005, seed=1, tf_random_seed=1,
       export_task_patch=False, log_step_count_steps=1000,
+      early_stopping_patience=0,
       save_summary_steps=1000, save_checkpoints_steps=100000)
   return ft.run(values)["metrics"]["metrics"]["accuracy"]
 

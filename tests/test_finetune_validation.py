@@ -35,6 +35,7 @@ def _options(world, output_dir, **overrides):
       # Seeded, not --deterministic: op determinism is process-wide and
       # would outlive this test in the pytest process.
       eval_every_steps=10, seed=3, tf_random_seed=3, export_task_patch=True,
+      early_stopping_patience=0,
       log_step_count_steps=1000, save_summary_steps=1000,
       save_checkpoints_steps=100000)
   values.update(overrides)

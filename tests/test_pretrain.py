@@ -135,7 +135,7 @@ def test_checkpoint_names_equal_the_original(demo_data, tmp_path, encoder,
   model_dir = str(tmp_path / encoder)
   pretrain.run(pretrain.default_settings(
       data_dir=demo_data, model_dir=model_dir, encoder=encoder,
-      train_steps=1, do_eval=False))
+      preset="demo", train_steps=1, do_eval=False))
   ours = dict(tf.train.list_variables(model_dir))
   theirs = dict(tf.train.list_variables(original))
   assert ours.pop("global_step") == []
@@ -163,7 +163,8 @@ def test_warm_start_reproduces_golden_tested_graph(demo_data, tmp_path,
   model_dir = str(tmp_path / encoder)
   metrics = pretrain.run(pretrain.default_settings(
       data_dir=demo_data, model_dir=model_dir, encoder=encoder,
-      init_checkpoint=checkpoint, do_train=False, do_predict=True,
+      preset="demo", init_checkpoint=checkpoint, do_train=False,
+      do_predict=True,
       eval_batch_size=4,  # 15 test rows: 3 full batches and a partial one.
       top_k=50))  # The toy checkpoints rarely hit the top 5: compare more.
   metadata = data_loader.load_metadata(demo_data)
@@ -256,7 +257,7 @@ def test_model_dir_of_another_configuration_is_refused(demo_data, tmp_path):
   model_dir = str(tmp_path / "model")
   settings = pretrain.default_settings(
       data_dir=demo_data, model_dir=model_dir, channels=8, dilations=[1],
-      do_train=False, do_eval=False)
+      preset="demo", do_train=False, do_eval=False)
   pretrain.run(settings)
   with pytest.raises(ValueError, match=r"another configuration.*channels: 8 "
                      r"-> 16"):

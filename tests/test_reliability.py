@@ -30,9 +30,11 @@ PRETRAIN_SCRIPT = os.path.join(conftest.PROJECT_ROOT, "nextitnet_pretrain.py")
 FINETUNE_SCRIPT = os.path.join(conftest.PROJECT_ROOT, "peterrec_finetune.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 TINY_PRETRAIN_FLAGS = ["--channels=8", "--dilations=1,2", "--batch_size=8"]
+# Early stopping off: these runs test other things and must reach their end.
 TINY_FINETUNE_FLAGS = ["--method=peterzero", "--channels=8",
                        "--dilations=1,2", "--train_batch_size=8",
-                       "--eval_batch_size=16", "--num_eval_negatives=9"]
+                       "--eval_batch_size=16", "--num_eval_negatives=9",
+                       "--early_stopping_patience=0"]
 
 
 # ---------------------------------------------------------------------------
