@@ -36,10 +36,12 @@ redoes a cell whose configuration changed.
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -446,8 +448,26 @@ def summarize_seeds(per_seed, keys):
   return summary
 
 
+def _die_with_parent():
+  """Linux: this process gets SIGTERM when the table's process dies.
+
+  Otherwise a `kill` of the table leaves its workers running their queued
+  runs for an hour, on the cores and in the directories of the next one.
+  """
+  if not sys.platform.startswith("linux"):
+    return
+  try:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  except OSError:
+    return
+  if os.getppid() == 1:  # the parent died before prctl
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _quiet_worker():
   """Initializer of the worker processes: TensorFlow's warnings only."""
+  _die_with_parent()
   logging.set_verbosity(logging.WARNING)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)

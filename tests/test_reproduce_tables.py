@@ -5,11 +5,13 @@ the runs already done."""
 import json
 import os
 import re
+import sys
 
 from absl import flags
 import pytest
 
 import reproduce_tables as rt
+from tests import conftest
 
 TINY_WORLD = {"num_groups": 2, "items_per_group": 12, "source_length": 6,
               "num_pretrain_users": 120, "num_finetune_users": 40,
@@ -160,3 +162,61 @@ def test_same_configuration_treats_missing_keys_as_defaults():
                                    defaults)
   assert not rt.same_configuration(recorded, {"lr": 0.001}, defaults)
   assert not rt.same_configuration(None, recorded, defaults)
+
+
+_ORPHAN_PROGRAM = """
+import concurrent.futures, multiprocessing, os, sys, time
+import reproduce_tables
+
+def work(path):
+  with open(path, "w") as f:
+    f.write(str(os.getpid()))
+  time.sleep(120)
+
+if __name__ == "__main__":
+  pool = concurrent.futures.ProcessPoolExecutor(
+      1, mp_context=multiprocessing.get_context("spawn"),
+      initializer=reproduce_tables._die_with_parent)
+  pool.submit(work, sys.argv[1])
+  time.sleep(120)
+"""
+
+
+def _alive(pid):
+  """Running (a zombie nobody reaps counts as dead)."""
+  try:
+    with open("/proc/%d/stat" % pid) as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+def test_workers_die_with_the_table_process(tmp_path):
+  """A killed table leaves no worker running its queued runs."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "parent.py"
+  script.write_text(_ORPHAN_PROGRAM)
+  pid_file = tmp_path / "worker.pid"
+  parent = subprocess.Popen([sys.executable, str(script), str(pid_file)],
+                            cwd=conftest.PROJECT_ROOT,
+                            env=dict(os.environ, PYTHONPATH=conftest.PROJECT_ROOT))
+  try:
+    deadline = time.time() + 120
+    while not (pid_file.exists() and pid_file.read_text()):
+      assert time.time() < deadline and parent.poll() is None
+      time.sleep(0.2)
+    worker = int(pid_file.read_text())
+    assert _alive(worker)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+      if not _alive(worker):
+        return
+      time.sleep(0.2)
+    raise AssertionError("worker %d outlived the table process" % worker)
+  finally:
+    if parent.poll() is None:
+      parent.kill()
