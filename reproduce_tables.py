@@ -990,14 +990,16 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
       % (seeds, len(seeds)),
       "Protocol: %d%% of the training users are a validation split (seed "
       "%d); every run keeps its best validation checkpoint (validated every "
-      "%s steps, at most %d steps, early stop after %s validations below "
-      "the best); each row's learning rate is the one of %s with the best "
-      "validation %s on seed %d. Chosen: %s." % (
+      "%s steps, at most %d steps, %s); each row's learning rate is the one "
+      "of %s with the best validation %s on seed %d. Chosen: %s." % (
           100 * finetune_settings["validation_fraction"],
           finetune_settings["split_seed"],
           finetune_settings.get("eval_every_steps") or "a tenth of the",
           finetune_settings["num_train_steps"],
-          finetune_settings.get("early_stopping_patience") or "no",
+          ("early stop after %d validations below the best" %
+           finetune_settings["early_stopping_patience"]
+           if finetune_settings.get("early_stopping_patience")
+           else "no early stopping"),
           learning_rates, "/".join(sorted({selection_key(t) for t in tasks})),
           seeds[0], "; ".join(
               "%s %s %g" % (t.name, records[t.name][r]["label"],
