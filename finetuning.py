@@ -113,6 +113,19 @@ def _method(method):
   return METHOD_TABLE[method]
 
 
+def check_model_arguments(method, insertion, task, init_checkpoint,
+                          task_patch):
+  """ValueError when a fine-tuning model_fn cannot be built from these."""
+  if task not in TASKS:
+    raise ValueError("task must be one of %s, got %r" % (TASKS, task))
+  if uses_patches(method) and insertion not in INSERTIONS:
+    raise ValueError("insertion must be one of %s, got %r" %
+                     (INSERTIONS, insertion))
+  if restores_backbone(method) and task_patch is None and not init_checkpoint:
+    raise ValueError("method %s restores a pretrained backbone: give "
+                     "init_checkpoint" % method)
+
+
 def uses_patches(method):
   return _method(method).patches
 
@@ -548,6 +561,23 @@ def parameter_report(config, method, insertion, cardinality,
     }
 
 
+def write_parameter_report(output_dir, setup, metadata):
+  """Prints the parameter report of `setup` and writes it to output_dir."""
+  report = parameter_report(setup.config, setup.method, setup.insertion,
+                            setup.cardinality, metadata["target_vocab_size"])
+  print(format_parameter_report(report))
+  patched = uses_patches(setup.method)
+  training_utils.write_json_atomic(
+      os.path.join(output_dir, PARAMETERS_FILE if setup.task_patch is None
+                   else PATCH_PARAMETERS_FILE),
+      dict(report, task=setup.task,
+           insertion=setup.insertion if patched else None,
+           cardinality=setup.cardinality if patched else None,
+           model_config=setup.config.to_dict(),
+           config_source=setup.config_source))
+  return report
+
+
 def format_parameter_report(report):
   return ("Parameters of %s: trainable %d of %d (%.2f%%); per-task artefact "
           "%d bytes (float32) vs full model %d bytes; by group %s%s" %
@@ -770,6 +800,40 @@ def plan_training_rows(metadata, options):
                plan["num_train_users"], plan["num_validation"], split_by,
                f.split_seed)
   return plan
+
+
+def test_summary(options, setup, metadata, results, reference, plan=None,
+                 validation=None):
+  """What metrics.json records about a test evaluation.
+
+  Args:
+    options: the run's options (eval protocol, negatives, seeds).
+    setup: Setup. metadata: the dataset's.
+    results: Estimator.evaluate's dict. reference: baselines.test_reference.
+    plan: the plan of training rows, when trained.
+    validation: read_selection's validation history, or None.
+  """
+  f = options
+  protocol = ("accuracy over all classes" if setup.task == "classification"
+              else f.eval)
+  summary = {
+      "method": setup.method, "task": setup.task, "eval": protocol,
+      "insertion": (setup.insertion if uses_patches(setup.method)
+                    else None),
+      "num_eval_negatives": (f.num_eval_negatives if protocol == "sampled"
+                             else None),
+      "distinct_negatives": bool(f.distinct_negatives),
+      "eval_seed": f.eval_seed, "global_step": int(results["global_step"]),
+      "num_test": metadata["num_test"],
+      "metrics": {k: (float(v) if k != "num_examples" else int(v))
+                  for k, v in results.items() if k != "global_step"},
+      "user_independent_reference": reference,
+      "task_patch": f.task_patch or None,
+      "validation": validation,
+  }
+  if plan is not None:
+    summary["plan"] = plan
+  return summary
 
 
 def selection_metric(task, metric, top_k):

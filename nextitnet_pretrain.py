@@ -7,13 +7,14 @@ restore it.
 
 Input: a pretraining dataset converted by `tfrecord_tools.convert_csv`
 (`--data_dir` holding train.tfrecord, test.tfrecord, item_vocab.txt,
-metadata.json). Output, in `--model_dir`: checkpoints, TensorBoard events,
+metadata.json). Output, in `--output_dir`: checkpoints, TensorBoard events,
 `model_config.json` (the backbone, for fine-tuning), `pretrain_config.json`
 (every resolved setting), `item_vocab.txt` (a copy), `metrics.json` (the
 final evaluation) and, with `--do_predict`, `predictions.tsv`.
 
-  python nextitnet_pretrain.py --data_dir=data/ml1m --model_dir=runs/ml1m \
-      --encoder=nextitnet --softmax=sampled --batch_size=32 --train_steps=5000
+  python nextitnet_pretrain.py --data_dir=data/ml1m --output_dir=runs/ml1m \
+      --encoder=nextitnet --softmax=sampled --train_batch_size=32 \
+      --num_train_steps=5000
 
 Evaluation (docs/MODEL.md §3): every test sequence, the whole test set; the
 last item is held out, the model scores ALL items from the last position
@@ -21,7 +22,7 @@ last item is held out, the model scores ALL items from the last position
 by id 0), and MRR@k, HR@k, NDCG@k of the held-out item are reported.
 
 Running the same command again after an interruption resumes from the last
-checkpoint in `--model_dir` (the Estimator restores it; `--train_steps` is
+checkpoint in `--output_dir` (the Estimator restores it; `--num_train_steps` is
 the total, not the remaining, number of steps).
 """
 import collections
@@ -36,19 +37,22 @@ from absl import logging
 import tensorflow as tf
 
 import data_loader
+import script_flags
 import training_utils
 from ops import checkpoint as checkpoint_lib
 from ops import heads
 from ops import masking
-from ops import metrics as metrics_lib
 from ops import modeling
 from ops import networks
+from ops import pretrain as pretrain_ops
 
 ENCODERS = ("nextitnet", "grec")
 PRETRAIN_CONFIG_FILENAME = "pretrain_config.json"
 METRICS_FILENAME = "metrics.json"
-TRAIN_LOSS_NAME = "pretrain_loss"
+TRAIN_LOSS_NAME = pretrain_ops.LOSS_NAME
 PREDICTIONS_FILENAME = "predictions.tsv"
+# A user's mistakes: a one-line `error: ...` exit (programming errors raise).
+USER_ERRORS = (training_utils.RunError, data_loader.DatasetError)
 
 # Hyperparameters of the original scripts (`model_para` of
 # NextitNet_TF_Pretrain.py / GRec_TF_Pretrain.py) and of the paper. A flag
@@ -61,8 +65,8 @@ PRESETS = {
         "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
         "kernel_size": 3,
         "learning_rate": 0.001,
-        "batch_size": 32,
-        "num_epochs": 2,
+        "train_batch_size": 32,
+        "num_train_epochs": 2,
         "softmax": {"nextitnet": "sampled", "grec": "sampled"},
     },
     "demo": {
@@ -70,8 +74,8 @@ PRESETS = {
         "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
         "kernel_size": 3,
         "learning_rate": 0.001,
-        "batch_size": 2,                      # the demo's toy batch
-        "num_epochs": 2,                      # 'iterations'
+        "train_batch_size": 2,                # the demo's toy batch
+        "num_train_epochs": 2,                # 'iterations'
         # is_negsample: False (full softmax) in the NextItNet demo, which is
         # the head of the authors' checkpoint; True in the GRec demo.
         "softmax": {"nextitnet": "full", "grec": "sampled"},
@@ -81,13 +85,13 @@ PRESETS = {
         "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
         "kernel_size": 3,
         "learning_rate": 0.001,
-        "batch_size": 32,
-        "num_epochs": 2,                      # "converges in 1-2 epochs"
+        "train_batch_size": 32,
+        "num_train_epochs": 2,                # "converges in 1-2 epochs"
         "softmax": {"nextitnet": "sampled", "grec": "sampled"},
     },
 }
 PRESET_KEYS = ("channels", "dilations", "kernel_size", "learning_rate",
-               "batch_size", "num_epochs", "softmax")
+               "train_batch_size", "num_train_epochs", "softmax")
 
 
 # ---------------------------------------------------------------------------
@@ -126,11 +130,6 @@ def resolve_hparams(preset, encoder, overrides=None):
     raise ValueError("softmax must be one of %s, got %r" %
                      (networks.SOFTMAX_TYPES, values["softmax"]))
   return values
-
-
-def steps_per_epoch(num_train, batch_size):
-  """Training steps of one pass over `num_train` sequences (at least 1)."""
-  return max(1, num_train // batch_size)
 
 
 def check_init_checkpoint(init_checkpoint, config, softmax, data_dir=None):
@@ -188,14 +187,15 @@ def check_init_checkpoint(init_checkpoint, config, softmax, data_dir=None):
   return path
 
 
-def write_model_dir_files(model_dir, config, pretrain_config, item_vocab_path):
+def write_output_dir_files(output_dir, config, pretrain_config,
+                           item_vocab_path):
   """Writes model_config.json, pretrain_config.json, item_vocab.txt.
 
-  Refuses a model_dir that holds a model of another configuration (its
+  Refuses a output_dir that holds a model of another configuration (its
   checkpoints would not restore into this graph).
   """
-  tf.io.gfile.makedirs(model_dir)
-  config_path = os.path.join(model_dir, modeling.CONFIG_FILENAME)
+  tf.io.gfile.makedirs(output_dir)
+  config_path = os.path.join(output_dir, modeling.CONFIG_FILENAME)
   if tf.io.gfile.exists(config_path):
     existing = modeling.ModelConfig.from_json_file(config_path).to_dict()
     wanted = config.to_dict()
@@ -205,7 +205,7 @@ def write_model_dir_files(model_dir, config, pretrain_config, item_vocab_path):
                    for k in sorted(wanted)
                    if k not in modeling.ModelConfig.EXECUTION_FIELDS and
                    existing.get(k) != wanted[k]]
-    old_path = os.path.join(model_dir, PRETRAIN_CONFIG_FILENAME)
+    old_path = os.path.join(output_dir, PRETRAIN_CONFIG_FILENAME)
     if tf.io.gfile.exists(old_path):
       with tf.io.gfile.GFile(old_path) as reader:
         old = json.loads(reader.read())
@@ -214,15 +214,15 @@ def write_model_dir_files(model_dir, config, pretrain_config, item_vocab_path):
                       if old.get(k) != pretrain_config[k]]
     if differences:
       raise training_utils.RunError(
-          "--model_dir %s holds a model of another configuration (%s); its "
+          "--output_dir %s holds a model of another configuration (%s); its "
           "checkpoints cannot be resumed with these settings. Use another "
-          "--model_dir." % (model_dir, "; ".join(differences)))
+          "--output_dir." % (output_dir, "; ".join(differences)))
   training_utils.write_text_atomic(config_path, config.to_json_string())
   training_utils.write_json_atomic(
-      os.path.join(model_dir, PRETRAIN_CONFIG_FILENAME), pretrain_config)
+      os.path.join(output_dir, PRETRAIN_CONFIG_FILENAME), pretrain_config)
   if item_vocab_path:
     training_utils.write_text_atomic(
-        os.path.join(model_dir, data_loader.ITEM_VOCAB_FILE),
+        os.path.join(output_dir, data_loader.ITEM_VOCAB_FILE),
         data_loader.read_text(item_vocab_path))
 
 
@@ -291,67 +291,6 @@ def input_fn_builder(input_files, seq_length, batch_size, is_training,
 # ---------------------------------------------------------------------------
 
 
-def evaluation_logits(itemseq, config, softmax):
-  """Scores of every item for the held-out last item of each sequence.
-
-  NextItNet: the backbone over itemseq[:, :-1], the last position.
-  GRec: the backbone over itemseq with its last item replaced by id 0, the
-  last position.
-
-  Args:
-    itemseq: int32 [batch_size, seq_length].
-    config: ModelConfig.
-    softmax: "sampled" or "full" (which output layer to create).
-
-  Returns:
-    (logits float32 [batch_size, item_size], labels int32 [batch_size]).
-  """
-  labels = itemseq[:, -1]
-  if config.causal:
-    context = itemseq[:, :-1]
-  else:
-    context = tf.concat([itemseq[:, :-1], tf.zeros_like(itemseq[:, -1:])],
-                        axis=1)
-  hidden, _ = modeling.backbone(context, config)
-  output_layer = networks.pretrain_output_layer(config, softmax)
-  logits = networks.item_logits(modeling.last_position(hidden), config,
-                                output_layer)
-  return logits, labels
-
-
-def ranking_outputs(logits, labels, top_k):
-  """Rank of the label among all items and the per-example metrics.
-
-  Rows whose held-out item is id 0 (`<UNK>`, i.e. right padding) get
-  weight 0: they are not items to recommend.
-
-  Returns:
-    dict: "rank" int32 [B], "weights" float32 [B], "xent" float32 [B],
-    "per_example" {"mrr@k", "hr@k", "ndcg@k"} float32 [B].
-  """
-  rank = metrics_lib.rank_of_positive(logits, labels)
-  return {
-      "rank": rank,
-      "weights": tf.cast(tf.not_equal(labels, 0), tf.float32),
-      "xent": tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels=labels, logits=logits),
-      "per_example": metrics_lib.per_example_ranking_metrics(rank, top_k),
-  }
-
-
-def _count_metric(weights, name="num_examples"):
-  """Streaming sum of `weights`: (value, update_op), a local variable."""
-  with tf.compat.v1.variable_scope(name):
-    total = tf.compat.v1.get_variable(
-        "total", [], tf.float32, tf.compat.v1.zeros_initializer(),
-        trainable=False, collections=[
-            tf.compat.v1.GraphKeys.LOCAL_VARIABLES,
-            tf.compat.v1.GraphKeys.METRIC_VARIABLES
-        ])
-    update = tf.compat.v1.assign_add(total, tf.reduce_sum(weights))
-    return tf.identity(total), update
-
-
 def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
                      init_checkpoint=None, top_k=5, beta1=0.9):
   """Returns the `model_fn(features, labels, mode, params)` of the Estimator.
@@ -393,29 +332,20 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
                                           "item id in features[%s]" % name))
         for name, value in features.items()}
     if mode == tf.estimator.ModeKeys.TRAIN:
-      loss = _training_loss(features, config, softmax, num_sampled)
-    else:
-      logits, label_ids = evaluation_logits(features["itemseq"], config,
-                                            softmax)
-      ranking = ranking_outputs(logits, label_ids, top_k)
-      weights = ranking["weights"]
-      loss = (tf.reduce_sum(ranking["xent"] * weights) /
-              tf.maximum(tf.reduce_sum(weights), 1.0))
-
-    _warm_start(init_checkpoint, log=mode == tf.estimator.ModeKeys.TRAIN)
-
-    if mode == tf.estimator.ModeKeys.TRAIN:
+      loss = pretrain_ops.training_loss(features, config, softmax, num_sampled)
+      _warm_start(init_checkpoint, log=True)
       optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate, beta1=beta1)
       train_op = training_utils.minimize_and_count_step(optimizer, loss)
       return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
+    logits, label_ids = pretrain_ops.evaluation_logits(features["itemseq"],
+                                                       config, softmax)
+    ranking = pretrain_ops.ranking_outputs(logits, label_ids, top_k)
+    _warm_start(init_checkpoint, log=False)
     if mode == tf.estimator.ModeKeys.EVAL:
-      per_example = dict(ranking["per_example"])
-      per_example["xent_last"] = ranking["xent"]
-      eval_metric_ops = metrics_lib.mean_metric_ops(per_example, weights)
-      eval_metric_ops["num_examples"] = _count_metric(weights)
-      return tf.estimator.EstimatorSpec(mode, loss=loss,
-                                        eval_metric_ops=eval_metric_ops)
+      return tf.estimator.EstimatorSpec(
+          mode, loss=ranking["loss"],
+          eval_metric_ops=pretrain_ops.evaluation_metric_ops(ranking))
 
     top_scores, top_ids = tf.nn.top_k(logits, k=top_k)
     predictions = {
@@ -429,23 +359,10 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
   return model_fn
 
 
-def _training_loss(features, config, softmax, num_sampled):
-  """The pretraining loss, named TRAIN_LOSS_NAME for the ProgressHook."""
-  if config.causal:
-    outputs = networks.nextitnet_pretrain(
-        features["itemseq"], config, softmax=softmax, num_sampled=num_sampled)
-  else:
-    outputs = networks.grec_pretrain(
-        features["masked_itemseq"], features["masked_positions"],
-        features["masked_labels"], config, softmax=softmax,
-        num_sampled=num_sampled)
-  return tf.identity(outputs["loss"], name=TRAIN_LOSS_NAME)
-
-
 def _warm_start(init_checkpoint, log=True):
   """init_from_checkpoint for every model variable found in the checkpoint.
 
-  When --model_dir already has a checkpoint, the Estimator restores it over
+  When --output_dir already has a checkpoint, the Estimator restores it over
   these initial values (resuming wins over warm-starting). `log`: say so
   (once per run: the training graph's call).
   """
@@ -495,109 +412,111 @@ def write_predictions(path, predictions, vocab_tokens):
 
 
 Plan = collections.namedtuple("Plan", [
-    "settings", "metadata", "hparams", "config", "num_sampled",
-    "train_steps", "top_k", "init_checkpoint", "cluster_task"])
+    "options", "metadata", "hparams", "config", "num_sampled",
+    "num_train_steps", "init_checkpoint", "cluster_task"])
 Plan.__doc__ = """What a pretraining run does, decided before any graph."""
 
 
-def _checked_settings(settings):
-  """A copy of `settings`, checked before any data is read."""
-  s = dict(settings)
-  training_utils.check_positive({name: s.get(name) for name in (
-      "train_steps", "num_epochs", "batch_size", "eval_batch_size")})
-  training_utils.set_process_threads(s.get("intra_op_threads", 1),
-                                     s.get("inter_op_threads", 2))
-  training_utils.check_writable_dir(s["model_dir"], "--model_dir")
-  if s.get("deterministic"):
+def _checked_options(options):
+  """The options as a namedtuple, checked before any data is read."""
+  f = script_flags.options_tuple(options, define_flags)
+  training_utils.check_positive({name: getattr(f, name) for name in (
+      "num_train_steps", "num_train_epochs", "train_batch_size",
+      "eval_batch_size")})
+  training_utils.set_process_threads(f.intra_op_threads, f.inter_op_threads)
+  training_utils.check_writable_dir(f.output_dir, "--output_dir")
+  if f.deterministic:
     training_utils.enable_determinism()
-  return s
+    if f.seed is None:
+      f = f._replace(seed=script_flags.DETERMINISTIC_SEED)
+  return f
 
 
-def _plan(s):
+def _plan(f):
   """Reads the data's metadata, resolves and checks the configuration."""
-  metadata = data_loader.load_metadata(s["data_dir"])
+  metadata = data_loader.load_metadata(f.data_dir)
   if metadata["kind"] != data_loader.PRETRAIN:
     raise training_utils.RunError(
         "--data_dir %s holds a %s dataset; pretraining needs --kind=pretrain "
-        "data" % (s["data_dir"], metadata["kind"]))
-  hp = resolve_hparams(s["preset"], s["encoder"],
-                       {k: s.get(k) for k in PRESET_KEYS})
-  causal = s["encoder"] == "nextitnet"
-  if causal and s.get("has_positional_embedding"):
+        "data" % (f.data_dir, metadata["kind"]))
+  hp = resolve_hparams(f.preset, f.encoder,
+                       {k: getattr(f, k) for k in PRESET_KEYS})
+  causal = f.encoder == "nextitnet"
+  if causal and f.has_positional_embedding:
     raise training_utils.RunError("--has_positional_embedding is a GRec "
                                   "option (--encoder=grec)")
   config = modeling.ModelConfig(
       item_size=metadata["item_vocab_size"], channels=hp["channels"],
       dilations=hp["dilations"], kernel_size=hp["kernel_size"],
-      causal=causal,
-      has_positional_embedding=bool(s.get("has_positional_embedding")),
-      max_position=s.get("max_position") or 100,
-      conv_implementation=s.get("conv_implementation") or "matmul")
+      causal=causal, has_positional_embedding=f.has_positional_embedding,
+      max_position=f.max_position,
+      conv_implementation=f.conv_implementation)
   if (config.has_positional_embedding and
       config.max_position < metadata["seq_length"]):
     raise training_utils.RunError(
         "--max_position %d is shorter than the sequences (%d)" %
         (config.max_position, metadata["seq_length"]))
-  num_sampled = s.get("num_sampled")
+  num_sampled = f.num_sampled
   if num_sampled is None:
     num_sampled = heads.default_num_sampled(config.item_size)
   if hp["softmax"] == "sampled" and not 0 < num_sampled < config.item_size:
     raise training_utils.RunError(
         "num_sampled must be in [1, item_size=%d), got %d" %
         (config.item_size, num_sampled))
-  train_steps = s.get("train_steps")
-  if train_steps is None:
-    train_steps = hp["num_epochs"] * steps_per_epoch(metadata["num_train"],
-                                                     hp["batch_size"])
-  init_checkpoint = s.get("init_checkpoint") or None
+  num_train_steps = f.num_train_steps or training_utils.num_train_steps(
+      hp["num_train_epochs"], metadata["num_train"], hp["train_batch_size"])
+  init_checkpoint = f.init_checkpoint or None
   if init_checkpoint:
     init_checkpoint = check_init_checkpoint(init_checkpoint, config,
-                                            hp["softmax"], s["data_dir"])
-  return Plan(s, metadata, hp, config, num_sampled, train_steps,
-              s.get("top_k") or 5, init_checkpoint,
-              training_utils.tf_config_task())
+                                            hp["softmax"], f.data_dir)
+  return Plan(f, metadata, hp, config, num_sampled, num_train_steps,
+              init_checkpoint, training_utils.tf_config_task())
 
 
-def _pretrain_config(plan):
+def _pretrain_config(plan, command):
   """What pretrain_config.json records about the run."""
-  s, hp, metadata = plan.settings, plan.hparams, plan.metadata
-  causal = plan.config.causal
+  f, hp, metadata = plan.options, plan.hparams, plan.metadata
+  grec = not plan.config.causal
   return {
-      "encoder": s["encoder"],
-      "preset": s["preset"],
+      "encoder": f.encoder,
+      "preset": f.preset,
       "softmax": hp["softmax"],
       "num_sampled": (plan.num_sampled if hp["softmax"] == "sampled"
                       else None),
       "learning_rate": hp["learning_rate"],
-      "beta1": s.get("beta1", 0.9),
-      "batch_size": hp["batch_size"],
-      "eval_batch_size": s["eval_batch_size"],
-      "num_epochs": hp["num_epochs"],
-      "train_steps": plan.train_steps,
-      "top_k": plan.top_k,
-      "masked_lm_prob": s["masked_lm_prob"] if not causal else None,
-      "max_predictions_per_seq": (s["max_predictions_per_seq"]
-                                  if not causal else None),
+      "beta1": f.beta1,
+      "train_batch_size": hp["train_batch_size"],
+      "eval_batch_size": f.eval_batch_size,
+      "num_train_epochs": hp["num_train_epochs"],
+      "num_train_steps": plan.num_train_steps,
+      "top_k": f.top_k,
+      "masked_lm_prob": f.masked_lm_prob if grec else None,
+      "max_predictions_per_seq": f.max_predictions_per_seq if grec else None,
       "num_to_predict": (masking.num_to_predict(
-          metadata["seq_length"], s["masked_lm_prob"],
-          s["max_predictions_per_seq"]) if not causal else None),
-      "seed": s.get("seed"),
-      "deterministic": bool(s.get("deterministic")),
+          metadata["seq_length"], f.masked_lm_prob,
+          f.max_predictions_per_seq) if grec else None),
+      "seed": f.seed,
+      "tf_random_seed": _graph_seed(f),
+      "deterministic": f.deterministic,
       "init_checkpoint": plan.init_checkpoint,
       "data_dir": metadata["data_dir"],
       "data": {k: metadata.get(k) for k in (
           "item_vocab_size", "item_vocab_sha1", "seq_length", "num_train",
           "num_test", "pad_token_id", "input_csv", "test_fraction",
           "split_seed")},
-      "command": " ".join(s.get("argv") or sys.argv),
+      "command": command or " ".join(sys.argv),
   }
+
+
+def _graph_seed(f):
+  return f.seed if f.tf_random_seed is None else f.tf_random_seed
 
 
 def _input_fns(plan):
   """(training input_fn, evaluation input_fn); a trainer of a cluster reads
   its own shard of the training files."""
-  s, metadata = plan.settings, plan.metadata
-  train_seed = s.get("seed")
+  f, metadata = plan.options, plan.metadata
+  train_seed = f.seed
   shard = training_utils.training_shard(plan.cluster_task)
   if shard is not None:
     # Each trainer reads its own part of the data, in its own order.
@@ -611,18 +530,16 @@ def _input_fns(plan):
     logging.info("%s task %d reads training shard %d of %d: %s",
                  plan.cluster_task[0], plan.cluster_task[1], shard[0],
                  shard[1], described)
-  options = {"masked_lm_prob": s["masked_lm_prob"],
-             "max_predictions_per_seq": s["max_predictions_per_seq"]}
+  masking_options = {"masked_lm_prob": f.masked_lm_prob,
+                     "max_predictions_per_seq": f.max_predictions_per_seq}
   train_input_fn = input_fn_builder(
       metadata["paths"]["train"], metadata["seq_length"],
-      plan.hparams["batch_size"], True, s["encoder"], plan.config.item_size,
-      seed=train_seed,
-      shuffle_buffer=s.get("shuffle_buffer",
-                           data_loader.DEFAULT_SHUFFLE_BUFFER),
-      shard=shard, **options)
+      plan.hparams["train_batch_size"], True, f.encoder,
+      plan.config.item_size, seed=train_seed,
+      shuffle_buffer=f.shuffle_buffer, shard=shard, **masking_options)
   eval_input_fn = input_fn_builder(
-      metadata["paths"]["test"], metadata["seq_length"], s["eval_batch_size"],
-      False, s["encoder"], plan.config.item_size, **options)
+      metadata["paths"]["test"], metadata["seq_length"], f.eval_batch_size,
+      False, f.encoder, plan.config.item_size, **masking_options)
   return train_input_fn, eval_input_fn
 
 
@@ -636,7 +553,7 @@ def _check_cluster_options(plan, do_train, do_eval):
         "under TF_CONFIG (%s task %d) training and evaluation run through "
         "train_and_evaluate: --do_train and --do_eval must be true" %
         plan.cluster_task[:2])
-  if plan.settings.get("do_predict"):
+  if plan.options.do_predict:
     raise training_utils.RunError(
         "--do_predict is not supported under TF_CONFIG")
 
@@ -651,23 +568,24 @@ def train(plan, estimator, train_input_fn, eval_input_fn, do_eval):
   Returns:
     the last evaluation result of train_and_evaluate, or None.
   """
-  s, cluster_task = plan.settings, plan.cluster_task
+  f, cluster_task = plan.options, plan.cluster_task
   hooks = [training_utils.ProgressHook(
-      TRAIN_LOSS_NAME + ":0", plan.hparams["batch_size"],
-      s["log_step_count_steps"], plan.train_steps, estimator.model_dir)]
+      TRAIN_LOSS_NAME + ":0", plan.hparams["train_batch_size"],
+      f.log_step_count_steps, plan.num_train_steps, estimator.model_dir)]
   if (cluster_task is not None and cluster_task[0] == "chief" and
-      cluster_task[2].get("worker") and s.get("chief_waits_for_workers_secs")):
+      cluster_task[2].get("worker") and f.chief_waits_for_workers_secs):
     hooks.append(training_utils.WaitForWorkersHook(
-        s["chief_waits_for_workers_secs"]))
+        f.chief_waits_for_workers_secs))
   with training_utils.data_loss_guard(_data_files(plan)):
     if not do_eval:
-      estimator.train(train_input_fn, max_steps=plan.train_steps, hooks=hooks)
+      estimator.train(train_input_fn, max_steps=plan.num_train_steps,
+                      hooks=hooks)
       return None
     train_spec = tf.estimator.TrainSpec(train_input_fn,
-                                        max_steps=plan.train_steps,
+                                        max_steps=plan.num_train_steps,
                                         hooks=hooks)
     eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=None,
-                                      throttle_secs=s["eval_throttle_secs"],
+                                      throttle_secs=f.eval_throttle_secs,
                                       start_delay_secs=0)
     eval_result, _ = (tf.estimator.train_and_evaluate(
         estimator, train_spec, eval_spec) or (None, None))
@@ -677,6 +595,7 @@ def train(plan, estimator, train_input_fn, eval_input_fn, do_eval):
 def evaluate(plan, estimator, eval_input_fn, eval_result, timings):
   """Evaluates the latest checkpoint unless `eval_result` is of it; writes
   metrics.json and prints the table. Returns the metrics."""
+  f = plan.options
   latest = tf.train.latest_checkpoint(estimator.model_dir)
   latest_step = (None if latest is None else int(
       checkpoint_lib.reader(latest).get_tensor("global_step")))
@@ -687,18 +606,18 @@ def evaluate(plan, estimator, eval_input_fn, eval_result, timings):
           eval_input_fn, steps=None,
           hooks=[training_utils.EvaluationProgressHook(
               "evaluating the test split", plan.metadata["num_test"],
-              plan.settings["eval_batch_size"])])
+              f.eval_batch_size)])
     timings["eval_seconds"] = round(time.time() - start, 1)
-  metrics = final_metrics(eval_result, plan.top_k)
+  metrics = final_metrics(eval_result, f.top_k)
   expected = plan.metadata["num_test"]
   if metrics["num_examples"] != expected:
     logging.info("%d of %d test sequences were ranked (the others end in "
                  "id 0, padding)", metrics["num_examples"], expected)
   report = dict(metrics)
   report.update({
-      "encoder": plan.settings["encoder"],
+      "encoder": f.encoder,
       "softmax": plan.hparams["softmax"],
-      "top_k": plan.top_k,
+      "top_k": f.top_k,
       "num_test_sequences": expected,
       "test_file": plan.metadata["paths"]["test"],
       "protocol": "held-out last item ranked among all %d items" %
@@ -710,8 +629,7 @@ def evaluate(plan, estimator, eval_input_fn, eval_result, timings):
   print(training_utils.format_metrics_table(
       dict(metrics),
       title="%s pretraining, %s, step %d: full ranking of the last item" % (
-          plan.settings["encoder"],
-          os.path.basename(os.path.normpath(plan.settings["data_dir"])),
+          f.encoder, os.path.basename(os.path.normpath(f.data_dir)),
           metrics["global_step"])))
   sys.stdout.flush()
   return metrics
@@ -726,47 +644,55 @@ def predict(plan, estimator, eval_input_fn):
   logging.info("wrote %d predictions to %s", count, path)
 
 
-def run(settings):
-  """Runs pretraining/evaluation/prediction from a dict of resolved settings.
+def _make_estimator(plan):
+  f = plan.options
+  model_fn = model_fn_builder(
+      plan.config, plan.hparams["softmax"], plan.hparams["learning_rate"],
+      num_sampled=plan.num_sampled, init_checkpoint=plan.init_checkpoint,
+      top_k=f.top_k, beta1=f.beta1)
+  return training_utils.make_estimator(
+      model_fn, f.output_dir, tf_random_seed=_graph_seed(f),
+      save_checkpoints_steps=f.save_checkpoints_steps,
+      keep_checkpoint_max=f.keep_checkpoint_max,
+      save_summary_steps=f.save_summary_steps,
+      intra_op_threads=f.intra_op_threads,
+      inter_op_threads=f.inter_op_threads)
 
-  `main` builds `settings` from the flags (see `define_flags` for the keys).
+
+def run(options, command=None):
+  """Runs pretraining/evaluation/prediction.
+
+  Args:
+    options: {flag name: value}, e.g. `default_options(data_dir=...,
+      output_dir=...)`; names left out take the flag's default.
+    command: the command line recorded in pretrain_config.json (default:
+      this process's).
 
   Returns:
     dict: the final metrics (empty when not evaluated).
   """
-  s = _checked_settings(settings)
-  plan = _plan(s)
-  model_dir = s["model_dir"]
-  pretrain_config = _pretrain_config(plan)
-  write_model_dir_files(model_dir, plan.config, pretrain_config,
-                        plan.metadata["paths"]["item_vocab"])
-  resumed_from = tf.train.latest_checkpoint(model_dir)
+  f = _checked_options(options)
+  plan = _plan(f)
+  pretrain_config = _pretrain_config(plan, command)
+  write_output_dir_files(f.output_dir, plan.config, pretrain_config,
+                         plan.metadata["paths"]["item_vocab"])
+  resumed_from = tf.train.latest_checkpoint(f.output_dir)
   if resumed_from:
     logging.info("%s exists: continuing from it%s", resumed_from,
-                 " (--init_checkpoint is only used by a fresh --model_dir)"
+                 " (--init_checkpoint is only used by a fresh --output_dir)"
                  if plan.init_checkpoint else "")
   logging.info("Model configuration: %s",
                json.dumps(plan.config.to_dict(), sort_keys=True))
   logging.info("Pretraining configuration: %s",
                json.dumps(pretrain_config, sort_keys=True))
-  model_fn = model_fn_builder(
-      plan.config, plan.hparams["softmax"], plan.hparams["learning_rate"],
-      num_sampled=plan.num_sampled, init_checkpoint=plan.init_checkpoint,
-      top_k=plan.top_k, beta1=s.get("beta1", 0.9))
-  estimator = training_utils.make_estimator(
-      model_fn, model_dir, tf_random_seed=s.get("seed"),
-      save_checkpoints_steps=s["save_checkpoints_steps"],
-      keep_checkpoint_max=s["keep_checkpoint_max"],
-      save_summary_steps=s["save_summary_steps"],
-      intra_op_threads=s.get("intra_op_threads", 1),
-      inter_op_threads=s.get("inter_op_threads", 2))
+  estimator = _make_estimator(plan)
   train_input_fn, eval_input_fn = _input_fns(plan)
-  do_train = s["do_train"] and plan.train_steps > 0
-  do_eval = s["do_eval"]
+  do_train = f.do_train
+  do_eval = f.do_eval
   _check_cluster_options(plan, do_train, do_eval)
   if do_eval and plan.metadata["num_test"] == 0:
     logging.warning("the test split of %s is empty: no evaluation",
-                    s["data_dir"])
+                    f.data_dir)
     do_eval = False
   eval_result, timings = None, {}
   if do_train:
@@ -780,10 +706,15 @@ def run(settings):
   metrics = {}
   if do_eval:
     metrics = evaluate(plan, estimator, eval_input_fn, eval_result, timings)
-  if s.get("do_predict"):
+  if f.do_predict:
     predict(plan, estimator, eval_input_fn)
   return metrics
 
+
+
+def default_options(**overrides):
+  """{flag name: default} with `overrides`: the options of `run`."""
+  return script_flags.default_options(define_flags, **overrides)
 
 # ---------------------------------------------------------------------------
 # Command line
@@ -791,7 +722,7 @@ def run(settings):
 
 
 def _preset_values(key):
-  """'default 64, demo 64, paper 256': a preset key's values, for --help."""
+  """'default: 64; demo: 64; paper: 256': a preset key's values."""
   def shown(value):
     if isinstance(value, dict):
       return "/".join("%s %s" % (encoder, value[encoder])
@@ -799,139 +730,63 @@ def _preset_values(key):
     if isinstance(value, list):
       return ",".join(str(v) for v in value)
     return str(value)
-  return "; ".join("%s: %s" % (name, shown(PRESETS[name][key]))
-                   for name in ("default", "demo", "paper"))
+  return "by --preset (%s)" % "; ".join(
+      "%s: %s" % (name, shown(PRESETS[name][key]))
+      for name in ("default", "demo", "paper"))
 
 
 def define_flags(flag_values=flags.FLAGS):
   """Declares the flags (idempotent: safe to call twice, e.g. in tests)."""
   if "encoder" in flag_values:
     return
-  fv = {"flag_values": flag_values}
-  flags.DEFINE_string("data_dir", None,
-                      "A pretraining dataset written by "
-                      "tfrecord_tools.convert_csv (metadata.json, "
-                      "train/test.tfrecord, item_vocab.txt).", **fv)
-  flags.DEFINE_string("model_dir", None,
-                      "Checkpoints, summaries, configs and metrics go here. "
-                      "Rerunning with the same model_dir resumes.", **fv)
-  flags.DEFINE_enum("encoder", "nextitnet", list(ENCODERS),
-                    "nextitnet: causal, predicts every next item. grec: "
-                    "non-causal masked item prediction.", **fv)
-  flags.DEFINE_enum("preset", "default", sorted(PRESETS),
-                    "Hyperparameters the flags below default to (explicit "
-                    "flags win). default: for your own data (64 channels, "
-                    "batch 32, 2 epochs, sampled softmax). demo: the "
-                    "original scripts' model_para (batch 2; NextItNet full "
-                    "softmax, GRec sampled). paper: 256 channels.", **fv)
-  flags.DEFINE_enum("softmax", None, list(networks.SOFTMAX_TYPES),
-                    "Output layer: sampled (softmax_w/softmax_b) or full "
-                    "(the 1x1 conv `logits`). Default by preset: " +
-                    _preset_values("softmax") + ".", **fv)
-  flags.DEFINE_integer("num_sampled", None,
+  script_flags.define_shared_flags(
+      flag_values, defaults={"seed": 10},
+      default_notes={key: _preset_values(key) for key in PRESET_KEYS
+                     if key != "softmax"})
+  script_flags.define_table(flag_values, collections.OrderedDict([
+      ("encoder", (ENCODERS, "nextitnet",
+                   "nextitnet: causal, predicts every next item. grec: "
+                   "non-causal masked item prediction.")),
+      ("preset", (sorted(PRESETS), "default",
+                  "Hyperparameters the flags below default to (explicit "
+                  "flags win). default: for your own data (64 channels, "
+                  "batch 32, 2 epochs, sampled softmax). demo: the original "
+                  "scripts' model_para (batch 2; NextItNet full softmax, GRec "
+                  "sampled). paper: 256 channels.")),
+      ("softmax", (networks.SOFTMAX_TYPES, None,
+                   "Output layer: sampled (softmax_w/softmax_b) or full (the "
+                   "1x1 conv `logits`). Default: " +
+                   _preset_values("softmax") + ".")),
+      ("num_sampled", ("integer", None,
                        "Negatives of the sampled softmax. Default "
-                       "int(0.2 * item_size).", **fv)
-  flags.DEFINE_integer("channels", None, "Residual channels C. Default by "
-                       "preset: " + _preset_values("channels") + ".", **fv)
-  flags.DEFINE_list("dilations", None,
-                    "Dilations of the residual blocks. Default by preset: " +
-                    _preset_values("dilations") + ".", **fv)
-  flags.DEFINE_integer("kernel_size", None, "Convolution width. Default by "
-                       "preset: " + _preset_values("kernel_size") + ".", **fv)
-  flags.DEFINE_float("learning_rate", None, "Adam learning rate. Default by "
-                     "preset: " + _preset_values("learning_rate") + ".", **fv)
-  flags.DEFINE_float("beta1", 0.9, "Adam beta1.", **fv)
-  flags.DEFINE_integer("batch_size", None, "Training batch size. Default by "
-                       "preset: " + _preset_values("batch_size") + ".", **fv)
-  flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.", **fv)
-  flags.DEFINE_integer("num_epochs", None,
-                       "Epochs when --train_steps is not given. Default by "
-                       "preset: " + _preset_values("num_epochs") + ".", **fv)
-  flags.DEFINE_integer("train_steps", None,
-                       "Total training steps (a resumed run continues up to "
-                       "this many). 0 = evaluate only. Default: num_epochs "
-                       "* (num_train // batch_size).", **fv)
-  flags.DEFINE_bool("do_train", True,
-                    "Train (false: evaluate/predict only).", **fv)
-  flags.DEFINE_bool("do_eval", True, "Evaluate on the whole test set.", **fv)
-  flags.DEFINE_bool("do_predict", False,
-                    "Write the top-k predictions for the test set to "
-                    "model_dir/predictions.tsv.", **fv)
-  flags.DEFINE_string("init_checkpoint", None,
-                      "Warm-start from this checkpoint (prefix or directory), "
-                      "e.g. the authors' model_nextitnet_transfer_pretrain"
-                      ".ckpt. Adam slots are not restored.", **fv)
-  flags.DEFINE_integer("top_k", 5, "Cut-off of MRR/HR/NDCG.", **fv)
-  flags.DEFINE_float("masked_lm_prob", 0.3, "GRec: fraction masked.", **fv)
-  flags.DEFINE_integer("max_predictions_per_seq", 30,
-                       "GRec: most masked positions per sequence.", **fv)
-  flags.DEFINE_bool("has_positional_embedding", False,
-                    "GRec: concatenate a learned positional embedding "
-                    "(doubles the width).", **fv)
-  flags.DEFINE_integer("max_position", 100,
-                       "GRec: rows of the positional embedding table.", **fv)
-  flags.DEFINE_enum("conv_implementation", "matmul",
-                    ["atrous", "conv2d", "matmul"],
-                    "How dilated convolutions are computed (same variables, "
-                    "same results; matmul is fastest on CPU).", **fv)
-  flags.DEFINE_integer("seed", 10, "Graph-level seed, shuffle and masking.",
-                       **fv)
-  flags.DEFINE_bool("deterministic", False,
-                    "tf.config.experimental.enable_op_determinism(): with "
-                    "the same --seed, two runs give identical losses and "
-                    "metrics (README 'Reliability': what it costs).", **fv)
-  flags.DEFINE_integer("eval_throttle_secs", 600,
-                       "Evaluate a new checkpoint at most this often during "
-                       "training (the last one is always evaluated).", **fv)
-  flags.DEFINE_integer("shuffle_buffer", data_loader.DEFAULT_SHUFFLE_BUFFER,
-                       "Training shuffle buffer (records).", **fv)
-  flags.DEFINE_integer("chief_waits_for_workers_secs", 0,
-                       "Under TF_CONFIG with workers: the chief waits up to "
-                       "this long for a worker's first step before its own "
-                       "(short runs otherwise finish on the chief alone).",
-                       **fv)
-  training_utils.define_runtime_flags(flag_values)
+                       "int(0.2 * item_size).")),
+      ("masked_lm_prob", ("float", 0.3, "GRec: fraction masked.")),
+      ("max_predictions_per_seq", ("integer", 30,
+                                   "GRec: most masked positions per "
+                                   "sequence.")),
+      ("has_positional_embedding", ("bool", False,
+                                    "GRec: concatenate a learned positional "
+                                    "embedding (doubles the width).")),
+      ("max_position", ("integer", 100,
+                        "GRec: rows of the positional embedding table.")),
+      ("eval_throttle_secs", ("integer", 600,
+                              "Evaluate a new checkpoint at most this often "
+                              "during training (the last one is always "
+                              "evaluated).")),
+      ("shuffle_buffer", ("integer", data_loader.DEFAULT_SHUFFLE_BUFFER,
+                          "Training shuffle buffer (records).")),
+      ("chief_waits_for_workers_secs", ("integer", 0,
+                                        "Under TF_CONFIG with workers: the "
+                                        "chief waits up to this long for a "
+                                        "worker's first step before its own "
+                                        "(short runs otherwise finish on the "
+                                        "chief alone).")),
+  ]))
 
 
-SETTING_FLAGS = (
-    "data_dir", "model_dir", "encoder", "preset", "softmax", "num_sampled",
-    "channels", "dilations", "kernel_size", "learning_rate", "beta1",
-    "batch_size", "eval_batch_size", "num_epochs", "train_steps", "do_train",
-    "do_eval", "do_predict", "init_checkpoint", "top_k", "masked_lm_prob",
-    "max_predictions_per_seq", "has_positional_embedding", "max_position",
-    "conv_implementation", "seed", "deterministic", "save_checkpoints_steps",
-    "keep_checkpoint_max", "save_summary_steps", "log_step_count_steps",
-    "eval_throttle_secs", "shuffle_buffer", "intra_op_threads",
-    "inter_op_threads", "chief_waits_for_workers_secs")
-
-
-def default_settings(**overrides):
-  """The flags' defaults as a settings dict for `run`, with `overrides`.
-
-  Lets tests and other scripts call `run` without parsing a command line.
-  """
-  flag_values = flags.FlagValues()
-  define_flags(flag_values)
-  settings = {name: flag_values[name].default for name in SETTING_FLAGS}
-  unknown = sorted(set(overrides) - set(settings) - {"argv"})
-  if unknown:
-    raise ValueError("unknown settings %s" % unknown)
-  settings.update(overrides)
-  return settings
-
-
-def main(argv):
-  del argv
-  training_utils.quiet_tensorflow()
-  settings = {name: getattr(flags.FLAGS, name) for name in SETTING_FLAGS}
-  settings["argv"] = sys.argv
-  try:
-    run(settings)
-  except (training_utils.RunError, data_loader.DatasetError) as e:
-    sys.exit("error: %s" % e)
-
+main = script_flags.main_function(run, define_flags, USER_ERRORS)
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flags_as_required(["data_dir", "model_dir"])
+  flags.mark_flags_as_required(["data_dir", "output_dir"])
   app.run(main)

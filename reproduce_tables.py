@@ -25,7 +25,7 @@ original formats (docs/MODEL.md §1), one fine-tuning CSV per task, named by
 its file name.
 
 Outputs in `--output_dir` (default output/tables/<dataset>): `data/`
-(converted datasets), `pretrain/` (the backbone's model_dir), `cells/<task>/
+(converted datasets), `pretrain/` (the backbone's output_dir), `cells/<task>/
 <method>/` (each fine-tuning run: metrics.json, parameters.json,
 cell.json), `table.md`, `results.json` (every figure, the settings and the
 timings). Running the same command again skips every cell already done
@@ -111,8 +111,8 @@ FEW_LABEL_ROWS = ("peterrec_serial", "fineall", "peterzero")
 _COMMON_FINETUNE = {"validation_fraction": 0.1, "split_seed": 10,
                     "eval_batch_size": 512}
 _REAL_PRETRAIN = {"channels": 64, "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
-                  "softmax": "sampled", "batch_size": 32,
-                  "learning_rate": 0.001, "train_steps": 3000}
+                  "softmax": "sampled", "train_batch_size": 32,
+                  "learning_rate": 0.001, "num_train_steps": 3000}
 
 # What the real datasets share: 3 seeds, a 10% few-label run, splits by user.
 _REAL_PROFILE = {
@@ -125,6 +125,12 @@ _REAL_PROFILE = {
     "parallel_runs": 2,
 }
 
+def _real_profile(learning_rates, rows, **finetune):
+  """_REAL_PROFILE with these fine-tuning budgets, grid and rows."""
+  return dict(_REAL_PROFILE, finetune=dict(_COMMON_FINETUNE, **finetune),
+              learning_rates=learning_rates, rows=rows)
+
+
 # Per dataset: the pretraining runs and the fine-tuning protocol. Everything
 # here can be overridden by flags. Learning rates are a grid: each row takes
 # the one with the best validation metric on the first seed, then runs the
@@ -132,8 +138,8 @@ _REAL_PROFILE = {
 PROFILES = {
     "demo": {
         "pretrain": {"channels": 32, "dilations": [1, 2], "softmax": "full",
-                     "batch_size": 64, "learning_rate": 0.005,
-                     "train_steps": 400},
+                     "train_batch_size": 64, "learning_rate": 0.005,
+                     "num_train_steps": 400},
         "finetune": dict(_COMMON_FINETUNE, train_batch_size=32,
                          num_train_steps=600, eval_every_steps=100,
                          early_stopping_patience=0,
@@ -148,23 +154,17 @@ PROFILES = {
         "split_by": "row",
         "parallel_runs": 2,
     },
-    "movielens-1m": dict(
-        _REAL_PROFILE,
-        finetune=dict(_COMMON_FINETUNE, train_batch_size=128,
-                      num_train_steps=240, eval_every_steps=40,
-                      early_stopping_patience=2),
-        learning_rates=[0.001, 0.0001],
+    "movielens-1m": _real_profile(
+        train_batch_size=128, num_train_steps=240, eval_every_steps=40,
+        early_stopping_patience=2, learning_rates=[0.001, 0.0001],
         rows=list(METHOD_ROWS)),
-    "amazon-afk": dict(
-        _REAL_PROFILE,
-        # About one epoch of the 72k training rows: within the hour on two
-        # cores (at 0.001, 600 steps of 512 gained 0.0034 validation HR@5
-        # over the best at 240).
-        finetune=dict(_COMMON_FINETUNE, train_batch_size=256,
-                      num_train_steps=300, eval_every_steps=50,
-                      early_stopping_patience=3),
-        learning_rates=[0.003, 0.001],
-        # Without the two rows that were weakest on MovieLens-1M, for time.
+    # About one epoch of the 72k training rows: within the hour on two cores
+    # (at 0.001, 600 steps of 512 gained 0.0034 validation HR@5 over the
+    # best at 240). Without the two rows that were weakest on MovieLens-1M,
+    # for time.
+    "amazon-afk": _real_profile(
+        train_batch_size=256, num_train_steps=300, eval_every_steps=50,
+        early_stopping_patience=3, learning_rates=[0.003, 0.001],
         rows=[r for r in METHOD_ROWS
               if r not in ("fineall_mean", "finelast2")]),
     "custom": {
@@ -323,28 +323,29 @@ def pretrain(output_dir, pretrain_data, settings, seed, log, command=None,
       shutil.rmtree(model_dir)
       done = None
     elif done is not None and done.get("global_step") == settings[
-        "train_steps"]:
+        "num_train_steps"]:
       log("pretraining: done already (%s)" % model_dir)
       return model_dir, done, 0.0, True
   os.makedirs(model_dir, exist_ok=True)
   training_utils.write_json_atomic(request_path, request)
   log("pretraining %s: %d steps of batch %d, %d channels, "
-      "dilations %s, %s softmax" % (encoder, settings["train_steps"],
-                                    settings["batch_size"],
+      "dilations %s, %s softmax" % (encoder, settings["num_train_steps"],
+                                    settings["train_batch_size"],
                                     settings["channels"],
                                     settings["dilations"],
                                     settings["softmax"]))
   start = time.time()
-  values = nextitnet_pretrain.default_settings(
-      data_dir=pretrain_data, model_dir=model_dir, encoder=encoder,
-      seed=seed, save_checkpoints_steps=max(settings["train_steps"], 1),
+  options = nextitnet_pretrain.default_options(
+      data_dir=pretrain_data, output_dir=model_dir, encoder=encoder,
+      seed=seed, save_checkpoints_steps=max(settings["num_train_steps"], 1),
       keep_checkpoint_max=1, eval_throttle_secs=100000,
-      log_step_count_steps=max(100, settings["train_steps"] // 10),
-      save_summary_steps=max(100, settings["train_steps"] // 10),
-      argv=[command or "reproduce_tables.reproduce"], **settings)
+      log_step_count_steps=max(100, settings["num_train_steps"] // 10),
+      save_summary_steps=max(100, settings["num_train_steps"] // 10),
+      **settings)
   with open(os.path.join(model_dir, "stdout.txt"), "w") as out:
     with contextlib.redirect_stdout(out):
-      metrics = nextitnet_pretrain.run(values)
+      metrics = nextitnet_pretrain.run(
+          options, command=command or "reproduce_tables.reproduce")
   seconds = time.time() - start
   log("pretraining: done in %.0f s: full-ranking MRR@5 %.4f, HR@5 %.4f on "
       "%d held-out sequences" % (seconds, metrics.get("mrr@5", float("nan")),
@@ -983,7 +984,7 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
                ", ".join("%s %d" % (t.name, data[t.name]["num_test"])
                          for t in tasks), profile["split_by"],
                "/".join(encoders), pretrain_settings["channels"],
-               pretrain_settings["train_steps"]))
+               pretrain_settings["num_train_steps"]))
   notes = [
       "Mean ± sample standard deviation over seeds %s (initialisation, "
       "shuffling, negatives); the standard error of a mean is sd/sqrt(%d)."
@@ -1121,9 +1122,9 @@ def main(argv):
       pretrain_csv=f.pretrain_csv, finetune_csvs=f.finetune_csv,
       classification_tasks=f.classification_tasks, methods=f.methods,
       task_names=f.tasks or None,
-      pretrain_overrides={"train_steps": f.pretrain_steps,
+      pretrain_overrides={"num_train_steps": f.pretrain_steps,
                           "channels": f.channels, "dilations": f.dilations,
-                          "batch_size": f.pretrain_batch_size},
+                          "train_batch_size": f.pretrain_batch_size},
       finetune_overrides={"num_train_steps": f.finetune_steps,
                           "train_batch_size": f.finetune_batch_size},
       learning_rates=f.learning_rates, seeds=f.seeds,

@@ -8,30 +8,15 @@ import os
 import tempfile
 import time
 
-from absl import flags
 from absl import logging
 import tensorflow as tf
 
 import data_loader
 
 
-def define_runtime_flags(flag_values):
-  """The flags both scripts share for checkpoints, logs and threads: one
-  name, meaning and default each."""
-  fv = {"flag_values": flag_values}
-  flags.DEFINE_integer("save_checkpoints_steps", 1000, "Checkpoint every "
-                       "this many steps.", **fv)
-  flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.", **fv)
-  flags.DEFINE_integer("save_summary_steps", 100, "TensorBoard summaries "
-                       "every this many steps.", **fv)
-  flags.DEFINE_integer("log_step_count_steps", 100, "Progress line (step/"
-                       "total, loss, speed, ETA) every this many steps.",
-                       **fv)
-  flags.DEFINE_integer("intra_op_threads", 1, "TensorFlow intra-op threads "
-                       "(1 was fastest on 2 cores: benchmarks/README.md).",
-                       **fv)
-  flags.DEFINE_integer("inter_op_threads", 2, "TensorFlow inter-op threads.",
-                       **fv)
+def num_train_steps(num_epochs, num_examples, batch_size):
+  """Steps of `num_epochs` passes over `num_examples` (at least 1)."""
+  return max(1, int(num_epochs * num_examples / batch_size))
 
 
 def set_process_threads(intra_op_threads, inter_op_threads):

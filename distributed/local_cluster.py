@@ -11,8 +11,8 @@ the addresses: README "Running at scale" shows the same TF_CONFIGs for
 real hosts.
 
   python -m distributed.local_cluster --data_dir=runs/ml1m_data \
-      --model_dir=runs/ml1m_cluster --train_steps=300 --num_workers=1 \
-      -- --channels=64 --batch_size=32
+      --output_dir=runs/ml1m_cluster --num_train_steps=300 --num_workers=1 \
+      -- --channels=64 --train_batch_size=32
 
 Tasks: ps x num_ps, chief, worker x num_workers, evaluator, all on
 127.0.0.1 ports picked free at start. TensorFlow's gRPC server binds every
@@ -24,7 +24,7 @@ every task it started (the ps tasks never exit by themselves), and checks
 the final checkpoint's global_step and metrics.json. The chief waits for a
 worker's first step before its own (the Estimator starts workers 5 s late),
 so every training task takes part even in a short run. Each task's output is
-in model_dir/cluster_logs/.
+in output_dir/cluster_logs/.
 """
 import json
 import os
@@ -94,7 +94,7 @@ def _stop(process, grace_secs=5.0):
   process.wait()
 
 
-def run_cluster(data_dir, model_dir, train_steps, num_workers=1, num_ps=1,
+def run_cluster(data_dir, output_dir, num_train_steps, num_workers=1, num_ps=1,
                 extra_args=(), timeout=600, python=sys.executable,
                 chief_waits_secs=60):
   """Launches the cluster, waits, stops every task. Returns a summary dict.
@@ -104,10 +104,10 @@ def run_cluster(data_dir, model_dir, train_steps, num_workers=1, num_ps=1,
     (the message points at the task's log).
   """
   cluster = cluster_spec(num_workers, num_ps)
-  log_dir = os.path.join(model_dir, LOG_DIR)
+  log_dir = os.path.join(output_dir, LOG_DIR)
   os.makedirs(log_dir, exist_ok=True)
   command = [python, SCRIPT, "--data_dir=" + data_dir,
-             "--model_dir=" + model_dir, "--train_steps=%d" % train_steps,
+             "--output_dir=" + output_dir, "--num_train_steps=%d" % num_train_steps,
              "--do_eval=true",
              "--chief_waits_for_workers_secs=%d" % chief_waits_secs
              ] + list(extra_args)
@@ -145,29 +145,29 @@ def run_cluster(data_dir, model_dir, train_steps, num_workers=1, num_ps=1,
       _stop(process)
     for log in logs:
       log.close()
-  return verify(model_dir, train_steps, dict(
+  return verify(output_dir, num_train_steps, dict(
       cluster=cluster, seconds=round(time.time() - start, 1),
       returncodes={n: p.returncode for n, p in processes.items()}))
 
 
-def verify(model_dir, train_steps, summary):
+def verify(output_dir, num_train_steps, summary):
   """Checks the chief's final checkpoint and the evaluator's metrics.json."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  latest = tf.train.latest_checkpoint(model_dir)
+  latest = tf.train.latest_checkpoint(output_dir)
   if latest is None:
-    raise RuntimeError("no checkpoint in %s" % model_dir)
+    raise RuntimeError("no checkpoint in %s" % output_dir)
   step = int(tf.train.load_variable(latest, "global_step"))
-  if step < train_steps:
+  if step < num_train_steps:
     raise RuntimeError("checkpoint %s is at step %d < %d" %
-                       (latest, step, train_steps))
-  metrics_path = os.path.join(model_dir, "metrics.json")
+                       (latest, step, num_train_steps))
+  metrics_path = os.path.join(output_dir, "metrics.json")
   if not os.path.exists(metrics_path):
     raise RuntimeError("the evaluator wrote no %s" % metrics_path)
   with open(metrics_path) as f:
     metrics = json.load(f)
-  if metrics["global_step"] < train_steps:
+  if metrics["global_step"] < num_train_steps:
     raise RuntimeError("%s is for step %d < %d" %
-                       (metrics_path, metrics["global_step"], train_steps))
+                       (metrics_path, metrics["global_step"], num_train_steps))
   summary.update(checkpoint=latest, global_step=step, metrics=metrics)
   return summary
 
@@ -193,9 +193,9 @@ def in_private_network(argv):
 
 def define_flags():
   flags.DEFINE_string("data_dir", None, "Pretraining dataset (convert_csv).")
-  flags.DEFINE_string("model_dir", None, "Shared model directory (a shared "
+  flags.DEFINE_string("output_dir", None, "Shared model directory (a shared "
                       "file system on real machines).")
-  flags.DEFINE_integer("train_steps", 300, "Total global steps.")
+  flags.DEFINE_integer("num_train_steps", 300, "Total global steps.")
   flags.DEFINE_integer("num_workers", 1, "Workers besides the chief.")
   flags.DEFINE_integer("num_ps", 1, "Parameter servers.")
   flags.DEFINE_integer("chief_waits_for_workers_secs", 60,
@@ -222,7 +222,7 @@ def main(argv):
     print("warning: no private network namespace; TensorFlow's servers "
           "listen on every interface", file=sys.stderr)
   try:
-    summary = run_cluster(f.data_dir, f.model_dir, f.train_steps,
+    summary = run_cluster(f.data_dir, f.output_dir, f.num_train_steps,
                           f.num_workers, f.num_ps, extra_args=argv[1:],
                           timeout=f.timeout,
                           chief_waits_secs=f.chief_waits_for_workers_secs)
@@ -234,5 +234,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flags_as_required(["data_dir", "model_dir"])
+  flags.mark_flags_as_required(["data_dir", "output_dir"])
   app.run(main)

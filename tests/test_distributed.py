@@ -68,10 +68,10 @@ def test_cluster_trains_checkpoints_and_evaluates(tmp_path):
   # wait for the worker's first step, so both train however fast the chief.
   steps = 300
   code, output = run_launcher(
-      ["--data_dir=" + data_dir, "--model_dir=" + model_dir,
-       "--train_steps=%d" % steps, "--num_workers=1", "--num_ps=1",
+      ["--data_dir=" + data_dir, "--output_dir=" + model_dir,
+       "--num_train_steps=%d" % steps, "--num_workers=1", "--num_ps=1",
        "--timeout=150", "--", "--channels=8", "--dilations=1,2",
-       "--batch_size=8", "--save_checkpoints_steps=150",
+       "--train_batch_size=8", "--save_checkpoints_steps=150",
        "--eval_throttle_secs=1", "--log_step_count_steps=50"],
       model_dir, timeout=170)
   assert code == 0, output[-4000:]
@@ -106,7 +106,7 @@ def test_failing_cluster_is_stopped_and_reported(tmp_path):
   model_dir = str(tmp_path / "cluster_model")
   code, output = run_launcher(
       ["--data_dir=" + str(tmp_path / "no_such_data"),
-       "--model_dir=" + model_dir, "--train_steps=10", "--timeout=120"],
+       "--output_dir=" + model_dir, "--num_train_steps=10", "--timeout=120"],
       model_dir, timeout=150)
   assert code != 0
   assert "error: task(s)" in output and "failed; see" in output, output[-3000:]

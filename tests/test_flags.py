@@ -1,12 +1,23 @@
-"""Flags both scripts share have one name, meaning and default."""
+"""Both scripts' flags: one name, meaning and default per shared concept."""
 from absl import flags
 
 import nextitnet_pretrain
 import peterrec_finetune
+import script_flags
 
-RUNTIME_FLAGS = ("save_checkpoints_steps", "keep_checkpoint_max",
-                 "save_summary_steps", "log_step_count_steps",
-                 "intra_op_threads", "inter_op_threads")
+# Defaults that must differ, and why (the help of each says it).
+SCRIPT_DEFAULTS = {
+    # Pretraining fills these from --preset; fine-tuning has its own values.
+    "learning_rate", "train_batch_size", "num_train_epochs",
+    # From --preset (pretraining) or the backbone's configuration
+    # (fine-tuning).
+    "channels", "dilations", "kernel_size",
+    # Pretraining keeps the original scripts' seed 10; fine-tuning is
+    # unseeded as the original fine-tuning scripts.
+    "seed",
+}
+# BERT's names for the concepts the two scripts once named differently.
+OLD_NAMES = ("model_dir", "batch_size", "train_steps", "num_epochs")
 
 
 def _flags(define):
@@ -15,9 +26,45 @@ def _flags(define):
   return values
 
 
-def test_shared_runtime_flags_are_defined_once():
+def test_every_shared_flag_has_one_name_meaning_and_default():
   pretrain = _flags(nextitnet_pretrain.define_flags)
   finetune = _flags(peterrec_finetune.define_flags)
-  for name in RUNTIME_FLAGS + ("beta1", "top_k"):
-    assert (pretrain[name].default, pretrain[name].help) == (
-        finetune[name].default, finetune[name].help), name
+  common = set(pretrain) & set(finetune)
+  # Every name both scripts define is a shared definition, and all of them
+  # are defined in both.
+  assert common == set(script_flags.SHARED_NAMES)
+  for name in sorted(common):
+    a, b = pretrain[name], finetune[name]
+    assert type(a) is type(b), name
+    assert (script_flags.meaning(a.help) ==
+            script_flags.meaning(b.help)), name
+    if name in SCRIPT_DEFAULTS:
+      # A default that differs is said in the help of the script.
+      assert a.default != b.default or a.help != b.help, name
+    else:
+      assert (a.default, a.help) == (b.default, b.help), name
+  for name in OLD_NAMES:
+    assert name not in pretrain and name not in finetune, name
+
+
+def test_script_defaults_are_stated_in_help():
+  pretrain = _flags(nextitnet_pretrain.define_flags)
+  assert "by --preset (default: 0.001" in pretrain["learning_rate"].help
+  assert "default: 32; demo: 2; paper: 32" in pretrain["train_batch_size"].help
+  finetune = _flags(peterrec_finetune.define_flags)
+  assert finetune["train_batch_size"].default == 64
+  assert "backbone's configuration" in finetune["channels"].help
+
+
+def test_options_fill_defaults_and_refuse_unknown_names():
+  options = peterrec_finetune.default_options(top_k=7)
+  assert options["top_k"] == 7 and options["eval_batch_size"] == 256
+  f = script_flags.options_tuple({"top_k": 3},
+                                 nextitnet_pretrain.define_flags)
+  assert (f.top_k, f.seed, f.output_dir) == (3, 10, None)
+  try:
+    nextitnet_pretrain.default_options(model_dir="x")
+  except ValueError as e:
+    assert "model_dir" in str(e)
+  else:
+    raise AssertionError("an unknown option was accepted")

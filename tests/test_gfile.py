@@ -35,9 +35,9 @@ def test_datasets_and_model_directories_on_ram_filesystem(tmp_path,
   assert metadata["paths"]["train"] == root + "/pretrain/train.tfrecord"
 
   model_dir = root + "/model"
-  metrics = nextitnet_pretrain.run(nextitnet_pretrain.default_settings(
-      data_dir=root + "/pretrain", model_dir=model_dir, channels=8,
-      dilations=["1", "2"], batch_size=8, train_steps=6))
+  metrics = nextitnet_pretrain.run(nextitnet_pretrain.default_options(
+      data_dir=root + "/pretrain", output_dir=model_dir, channels=8,
+      dilations=["1", "2"], train_batch_size=8, num_train_steps=6))
   assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-6")
   assert _json(model_dir + "/metrics.json")["global_step"] == 6
   assert data_loader.read_text(model_dir + "/item_vocab.txt") == \

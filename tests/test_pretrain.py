@@ -94,18 +94,19 @@ def numpy_metrics(logits, labels, k):
 def test_presets_and_overrides():
   demo = pretrain.resolve_hparams("demo", "nextitnet")
   assert demo == {"channels": 64, "dilations": [1, 4, 1, 4, 1, 4, 1, 4],
-                  "kernel_size": 3, "learning_rate": 0.001, "batch_size": 2,
-                  "num_epochs": 2, "softmax": "full"}
+                  "kernel_size": 3, "learning_rate": 0.001,
+                  "train_batch_size": 2, "num_train_epochs": 2,
+                  "softmax": "full"}
   assert pretrain.resolve_hparams("demo", "grec")["softmax"] == "sampled"
   paper = pretrain.resolve_hparams("paper", "grec")
-  assert (paper["channels"], paper["batch_size"], paper["learning_rate"],
+  assert (paper["channels"], paper["train_batch_size"], paper["learning_rate"],
           paper["dilations"], paper["kernel_size"], paper["softmax"]) == (
               256, 32, 0.001, [1, 4, 1, 4, 1, 4, 1, 4], 3, "sampled")
   # Explicit values win; None keeps the preset; flags give strings for lists.
   mixed = pretrain.resolve_hparams(
       "paper", "nextitnet", {"channels": 32, "dilations": ["1", "2"],
-                             "batch_size": None, "softmax": "full"})
-  assert (mixed["channels"], mixed["dilations"], mixed["batch_size"],
+                             "train_batch_size": None, "softmax": "full"})
+  assert (mixed["channels"], mixed["dilations"], mixed["train_batch_size"],
           mixed["softmax"]) == (32, [1, 2], 32, "full")
   with pytest.raises(ValueError, match="preset"):
     pretrain.resolve_hparams("huge", "grec")
@@ -113,14 +114,14 @@ def test_presets_and_overrides():
     pretrain.resolve_hparams("demo", "grec", {"width": 3})
 
 
-def test_default_settings_match_flags():
-  settings = pretrain.default_settings(encoder="grec")
+def test_default_options_match_flags():
+  settings = pretrain.default_options(encoder="grec")
   assert settings["encoder"] == "grec"
   assert settings["top_k"] == 5 and settings["do_train"] is True
   assert settings["masked_lm_prob"] == 0.3
   assert settings["max_predictions_per_seq"] == 30
-  with pytest.raises(ValueError, match="unknown settings"):
-    pretrain.default_settings(batchsize=3)
+  with pytest.raises(ValueError, match="unknown options"):
+    pretrain.default_options(batchsize=3)
 
 
 # ---------------------------------------------------------------------------
@@ -133,9 +134,9 @@ def test_checkpoint_names_equal_the_original(demo_data, tmp_path, encoder,
                                              original, softmax):
   conftest.require_path(original + ".index")
   model_dir = str(tmp_path / encoder)
-  pretrain.run(pretrain.default_settings(
-      data_dir=demo_data, model_dir=model_dir, encoder=encoder,
-      preset="demo", train_steps=1, do_eval=False))
+  pretrain.run(pretrain.default_options(
+      data_dir=demo_data, output_dir=model_dir, encoder=encoder,
+      preset="demo", num_train_steps=1, do_eval=False))
   ours = dict(tf.train.list_variables(model_dir))
   theirs = dict(tf.train.list_variables(original))
   assert ours.pop("global_step") == []
@@ -161,8 +162,8 @@ def test_warm_start_reproduces_golden_tested_graph(demo_data, tmp_path,
   """--init_checkpoint, --do_train=false: the same top-5 and metrics."""
   conftest.require_path(checkpoint + ".index")
   model_dir = str(tmp_path / encoder)
-  metrics = pretrain.run(pretrain.default_settings(
-      data_dir=demo_data, model_dir=model_dir, encoder=encoder,
+  metrics = pretrain.run(pretrain.default_options(
+      data_dir=demo_data, output_dir=model_dir, encoder=encoder,
       preset="demo", init_checkpoint=checkpoint, do_train=False,
       do_predict=True,
       eval_batch_size=4,  # 15 test rows: 3 full batches and a partial one.
@@ -235,8 +236,8 @@ def test_checkpoint_of_another_vocabulary_fails_before_training(tmp_path):
       data_dir, [[1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]], test_fraction=0.0)
   with pytest.raises(ValueError, match=r"item vocabulary of 175 ids.*"
                      r"item_vocab_size 7"):
-    pretrain.run(pretrain.default_settings(
-        data_dir=data_dir, model_dir=str(tmp_path / "model"),
+    pretrain.run(pretrain.default_options(
+        data_dir=data_dir, output_dir=str(tmp_path / "model"),
         init_checkpoint=conftest.PRETRAIN_CHECKPOINT))
   assert not os.path.exists(str(tmp_path / "model"))
 
@@ -244,8 +245,8 @@ def test_checkpoint_of_another_vocabulary_fails_before_training(tmp_path):
 def test_checkpoint_of_other_channels_fails(demo_data, tmp_path):
   conftest.require_path(conftest.PRETRAIN_CHECKPOINT + ".index")
   with pytest.raises(ValueError, match=r"64 channels.*32 channels"):
-    pretrain.run(pretrain.default_settings(
-        data_dir=demo_data, model_dir=str(tmp_path / "model"), channels=32,
+    pretrain.run(pretrain.default_options(
+        data_dir=demo_data, output_dir=str(tmp_path / "model"), channels=32,
         init_checkpoint=conftest.PRETRAIN_CHECKPOINT))
   with pytest.raises(ValueError, match="dilated_conv1/weight"):
     pretrain.check_init_checkpoint(
@@ -255,8 +256,8 @@ def test_checkpoint_of_other_channels_fails(demo_data, tmp_path):
 
 def test_model_dir_of_another_configuration_is_refused(demo_data, tmp_path):
   model_dir = str(tmp_path / "model")
-  settings = pretrain.default_settings(
-      data_dir=demo_data, model_dir=model_dir, channels=8, dilations=[1],
+  settings = pretrain.default_options(
+      data_dir=demo_data, output_dir=model_dir, channels=8, dilations=[1],
       preset="demo", do_train=False, do_eval=False)
   pretrain.run(settings)
   with pytest.raises(ValueError, match=r"another configuration.*channels: 8 "
@@ -336,33 +337,33 @@ def test_grec_training_input_is_masked_and_static(demo_data):
 
 def test_grec_positional_embedding_option(demo_data, tmp_path):
   model_dir = str(tmp_path / "pos")
-  metrics = pretrain.run(pretrain.default_settings(
-      data_dir=demo_data, model_dir=model_dir, encoder="grec", channels=8,
+  metrics = pretrain.run(pretrain.default_options(
+      data_dir=demo_data, output_dir=model_dir, encoder="grec", channels=8,
       dilations=[1, 2], has_positional_embedding=True, max_position=20,
-      batch_size=4, train_steps=2))
+      train_batch_size=4, num_train_steps=2))
   assert metrics["global_step"] == 2
   shapes = dict(tf.train.list_variables(model_dir))
   assert shapes["dec_pos/lookup_table_position"] == [20, 8]
   assert shapes["softmax_w"] == [175, 16]  # the concatenation doubles C
   with pytest.raises(ValueError, match="GRec option"):
-    pretrain.run(pretrain.default_settings(
-        data_dir=demo_data, model_dir=str(tmp_path / "causal"),
+    pretrain.run(pretrain.default_options(
+        data_dir=demo_data, output_dir=str(tmp_path / "causal"),
         has_positional_embedding=True))
   with pytest.raises(ValueError, match="max_position 5 is shorter"):
-    pretrain.run(pretrain.default_settings(
-        data_dir=demo_data, model_dir=str(tmp_path / "short"), encoder="grec",
+    pretrain.run(pretrain.default_options(
+        data_dir=demo_data, output_dir=str(tmp_path / "short"), encoder="grec",
         has_positional_embedding=True, max_position=5))
 
 
 def test_resuming_ignores_how_the_graph_computes_not_what(tmp_path):
   config = modeling.ModelConfig(item_size=10, channels=8, dilations=[1, 2])
   pretrain_config = {"encoder": "nextitnet", "softmax": "full"}
-  pretrain.write_model_dir_files(str(tmp_path), config, pretrain_config, None)
+  pretrain.write_output_dir_files(str(tmp_path), config, pretrain_config, None)
   # Every execution field changed at once: the checkpoint still restores.
-  pretrain.write_model_dir_files(
+  pretrain.write_output_dir_files(
       str(tmp_path), config.replace(
           **dict(modeling.ORIGINAL_EXECUTION, towers=3)),
       pretrain_config, None)
   with pytest.raises(ValueError, match=r"channels: 8 -> 16"):
-    pretrain.write_model_dir_files(str(tmp_path), config.replace(channels=16),
+    pretrain.write_output_dir_files(str(tmp_path), config.replace(channels=16),
                                    pretrain_config, None)

@@ -61,11 +61,11 @@ def test_learns_planted_pattern(planted_data, tmp_path, encoder):
   baseline = popularity_hr_at_5(planted_data)
   assert baseline < 0.25
   # Demo softmax per encoder: full for NextItNet, sampled for GRec.
-  metrics = pretrain.run(pretrain.default_settings(
-      data_dir=planted_data, model_dir=str(tmp_path / encoder),
+  metrics = pretrain.run(pretrain.default_options(
+      data_dir=planted_data, output_dir=str(tmp_path / encoder),
       encoder=encoder, preset="demo", channels=16, dilations=[1, 2],
-      batch_size=32,
-      learning_rate=0.005, train_steps=300, seed=1,
+      train_batch_size=32,
+      learning_rate=0.005, num_train_steps=300, seed=1,
       log_step_count_steps=100, save_checkpoints_steps=1000))
   assert metrics["global_step"] == 300
   assert metrics["num_examples"] == 120  # the whole test split

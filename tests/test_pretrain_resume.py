@@ -32,8 +32,8 @@ def test_kill_and_rerun_resumes_from_last_checkpoint(tmp_path):
   train_steps = 1000
   command = [
       sys.executable, SCRIPT, "--data_dir=" + data_dir,
-      "--model_dir=" + model_dir, "--channels=8", "--dilations=1,2",
-      "--batch_size=8", "--train_steps=%d" % train_steps,
+      "--output_dir=" + model_dir, "--channels=8", "--dilations=1,2",
+      "--train_batch_size=8", "--num_train_steps=%d" % train_steps,
       "--save_checkpoints_steps=50", "--log_step_count_steps=50",
       "--do_eval=false"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

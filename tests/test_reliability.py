@@ -29,7 +29,7 @@ from tfrecord_tools import convert_csv
 PRETRAIN_SCRIPT = os.path.join(conftest.PROJECT_ROOT, "nextitnet_pretrain.py")
 FINETUNE_SCRIPT = os.path.join(conftest.PROJECT_ROOT, "peterrec_finetune.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-TINY_PRETRAIN_FLAGS = ["--channels=8", "--dilations=1,2", "--batch_size=8"]
+TINY_PRETRAIN_FLAGS = ["--channels=8", "--dilations=1,2", "--train_batch_size=8"]
 # Early stopping off: these runs test other things and must reach their end.
 TINY_FINETUNE_FLAGS = ["--method=peterzero", "--channels=8",
                        "--dilations=1,2", "--train_batch_size=8",
@@ -188,8 +188,8 @@ def test_truncated_tfrecord_stops_with_an_error_naming_the_file(tmp_path):
     f.write(content[:-7])
   result = run_command([sys.executable, PRETRAIN_SCRIPT,
                         "--data_dir=" + data_dir,
-                        "--model_dir=" + str(tmp_path / "model"),
-                        "--train_steps=200", "--do_eval=false"] +
+                        "--output_dir=" + str(tmp_path / "model"),
+                        "--num_train_steps=200", "--do_eval=false"] +
                        TINY_PRETRAIN_FLAGS)
   assert result.returncode != 0
   last_line = result.stdout.strip().splitlines()[-1]
@@ -222,12 +222,12 @@ def test_corrupted_record_in_finetune_eval_names_the_file(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_pretrain_model_dir_of_other_data_is_refused_before_training(
+def test_pretrain_output_dir_of_other_data_is_refused_before_training(
     tmp_path):
   model_dir = str(tmp_path / "model")
-  settings = pretrain.default_settings(
-      data_dir=pretrain_data(str(tmp_path)), model_dir=model_dir,
-      channels=8, dilations=[1, 2], batch_size=8, train_steps=2,
+  settings = pretrain.default_options(
+      data_dir=pretrain_data(str(tmp_path)), output_dir=model_dir,
+      channels=8, dilations=[1, 2], train_batch_size=8, num_train_steps=2,
       do_eval=False)
   pretrain.run(settings)
   before = checkpoint_steps(model_dir)
@@ -237,7 +237,7 @@ def test_pretrain_model_dir_of_other_data_is_refused_before_training(
                                     test_fraction=0.0)
   with pytest.raises(ValueError, match=r"holds a model of another "
                      r"configuration \(item_size: \d+ -> 5\)"):
-    pretrain.run(dict(settings, data_dir=other, train_steps=4))
+    pretrain.run(dict(settings, data_dir=other, num_train_steps=4))
   assert checkpoint_steps(model_dir) == before  # nothing trained
 
 
@@ -267,7 +267,7 @@ def test_metadata_that_does_not_match_the_files_is_refused(tmp_path):
     json.dump(metadata, f)
   result = run_command([sys.executable, PRETRAIN_SCRIPT,
                         "--data_dir=" + data_dir,
-                        "--model_dir=" + str(tmp_path / "model")] +
+                        "--output_dir=" + str(tmp_path / "model")] +
                        TINY_PRETRAIN_FLAGS)
   assert result.returncode != 0
   assert "does not match the metadata" in result.stdout
@@ -298,9 +298,9 @@ def test_out_of_range_item_id_is_an_error_not_a_zero_embedding(tmp_path):
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r"item id in features\[itemseq\] out of range: "
                      r"every id must be in \[0, %d\)" % size):
-    pretrain.run(pretrain.default_settings(
-        data_dir=data_dir, model_dir=str(tmp_path / "model"), channels=8,
-        dilations=[1, 2], batch_size=8, train_steps=20, do_eval=False,
+    pretrain.run(pretrain.default_options(
+        data_dir=data_dir, output_dir=str(tmp_path / "model"), channels=8,
+        dilations=[1, 2], train_batch_size=8, num_train_steps=20, do_eval=False,
         shuffle_buffer=1))
 
 
@@ -326,21 +326,20 @@ def test_out_of_range_target_id_is_an_error(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_unwritable_model_dir_fails_fast_with_the_path(tmp_path):
+def test_unwritable_output_dir_fails_fast_with_the_path(tmp_path):
   # Tests may run as root, which ignores chmod: a directory below a regular
   # file cannot be created by anyone.
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
   model_dir = str(blocker / "model")
   start = time.time()
-  # --data_dir does not exist either: the model_dir is checked first.
-  for script, flag in ((PRETRAIN_SCRIPT, "--model_dir"),
-                       (FINETUNE_SCRIPT, "--output_dir")):
+  # --data_dir does not exist either: the output_dir is checked first.
+  for script in (PRETRAIN_SCRIPT, FINETUNE_SCRIPT):
     result = run_command([sys.executable, script,
                           "--data_dir=" + str(tmp_path / "missing"),
-                          "%s=%s" % (flag, model_dir)])
+                          "--output_dir=" + model_dir])
     assert result.returncode != 0
-    assert ("error: %s %s is not a writable directory" % (flag, model_dir)
+    assert ("error: --output_dir %s is not a writable directory" % model_dir
             in result.stdout), result.stdout[-2000:]
   print("two refusals in %.1f s (mostly importing TensorFlow)" %
         (time.time() - start))

@@ -66,8 +66,8 @@ def test_pretrain_deterministic_twice(tmp_path):
 
   def command(model_dir):
     return [sys.executable, test_reliability.PRETRAIN_SCRIPT,
-            "--data_dir=" + data_dir, "--model_dir=" + model_dir,
-            "--train_steps=60", "--save_summary_steps=10",
+            "--data_dir=" + data_dir, "--output_dir=" + model_dir,
+            "--num_train_steps=60", "--save_summary_steps=10",
             "--deterministic", "--seed=3"] + (
                 test_reliability.TINY_PRETRAIN_FLAGS)
 

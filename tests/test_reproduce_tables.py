@@ -16,8 +16,8 @@ from tests import conftest
 TINY_WORLD = {"num_groups": 2, "items_per_group": 12, "source_length": 6,
               "num_pretrain_users": 120, "num_finetune_users": 40,
               "targets_per_group": 5, "max_targets": 2}
-TINY_PRETRAIN = {"channels": 8, "dilations": [1, 2], "batch_size": 8,
-                 "train_steps": 3}
+TINY_PRETRAIN = {"channels": 8, "dilations": [1, 2], "train_batch_size": 8,
+                 "num_train_steps": 3}
 TINY_FINETUNE = {"num_train_steps": 4, "train_batch_size": 8,
                  "eval_batch_size": 64, "eval_every_steps": 4,
                  "validation_fraction": 0.25}

@@ -74,9 +74,9 @@ def test_pretrain_refuses_non_positive_steps(tmp_path):
   data_dir = pretrain_data(str(tmp_path))
   result = run_command([sys.executable, PRETRAIN_SCRIPT,
                         "--data_dir=" + data_dir,
-                        "--model_dir=%s" % (tmp_path / "model"),
-                        "--train_steps=-5"] + TINY_PRETRAIN_FLAGS)
-  _one_line_error(result, "--train_steps must be positive, got -5")
+                        "--output_dir=%s" % (tmp_path / "model"),
+                        "--num_train_steps=-5"] + TINY_PRETRAIN_FLAGS)
+  _one_line_error(result, "--num_train_steps must be positive, got -5")
 
 
 def test_outputs_are_readable_by_others(tmp_path):
@@ -121,10 +121,10 @@ def test_a_300_step_run_prints_a_screenful_with_progress(tmp_path, script):
   else:
     command = [sys.executable, PRETRAIN_SCRIPT,
                "--data_dir=" + pretrain_data(str(tmp_path)),
-               "--model_dir=%s" % (tmp_path / "out")] + TINY_PRETRAIN_FLAGS
+               "--output_dir=%s" % (tmp_path / "out")] + TINY_PRETRAIN_FLAGS
   result = run_command(command + ["--log_step_count_steps=50",
                                   {"finetune": "--num_train_steps=300",
-                                   "pretrain": "--train_steps=300"}[script]])
+                                   "pretrain": "--num_train_steps=300"}[script]])
   assert result.returncode == 0, result.stdout[-3000:]
   messages = _messages(result.stdout)
   assert len(messages) <= 60, "\n".join(messages)
@@ -201,21 +201,23 @@ def test_the_task_is_decided_at_conversion_and_every_command_reads_it(
 def test_defaults_do_something_sensible_and_help_shows_them(tmp_path):
   result = run_command([sys.executable, PRETRAIN_SCRIPT, "--helpfull"])
   text = " ".join(result.stdout.split())
-  assert "Residual channels C. Default by preset: default: 64; demo: 64; " \
-         "paper: 256." in text
-  assert "Training batch size. Default by preset: default: 32; demo: 2;" in text
+  assert "Residual channels C of the network. Default: by --preset " \
+         "(default: 64; demo: 64; paper: 256)." in text
+  assert ("Training batch size. Default: by --preset (default: 32; demo: 2;"
+          in text)
   assert "(default: 'default')" in text
   # Pretraining on a user's file: batch 32 and two epochs, not the demo's
   # batch 2 (80 steps here); evaluated at the end.
   model_dir = tmp_path / "model"
   result = run_command([sys.executable, PRETRAIN_SCRIPT,
                         "--data_dir=" + pretrain_data(str(tmp_path)),
-                        "--model_dir=%s" % model_dir, "--channels=8",
+                        "--output_dir=%s" % model_dir, "--channels=8",
                         "--dilations=1,2"])
   assert result.returncode == 0, result.stdout[-3000:]
   config = json.loads((model_dir / "pretrain_config.json").read_text())
-  assert (config["preset"], config["batch_size"], config["softmax"],
-          config["train_steps"]) == ("default", 32, "sampled", 2 * (160 // 32))
+  assert (config["preset"], config["train_batch_size"], config["softmax"],
+          config["num_train_steps"]) == ("default", 32, "sampled",
+                                         2 * 160 // 32)
   # Fine-tuning with no budget flags: several epochs of batch 64 with
   # validations along the way, not one step of 512.
   out = tmp_path / "out"
@@ -252,7 +254,7 @@ def test_evaluation_progress_shows_done_total_rate_and_eta(monkeypatch):
 
 
 def _pretrain_command(tmp_path, *flags):
-  return [sys.executable, PRETRAIN_SCRIPT, "--train_steps=2"] + \
+  return [sys.executable, PRETRAIN_SCRIPT, "--num_train_steps=2"] + \
       TINY_PRETRAIN_FLAGS + list(flags)
 
 
@@ -271,20 +273,20 @@ def test_user_mistakes_end_in_one_line(tmp_path, case):
   missing = str(tmp_path / "no_such_model" / "model.ckpt-1")
   if case == "pretrain: mistyped checkpoint":
     command = _pretrain_command(tmp_path, "--data_dir=" + pretrain_dir,
-                                "--model_dir=%s" % (tmp_path / "m"),
+                                "--output_dir=%s" % (tmp_path / "m"),
                                 "--init_checkpoint=" + missing)
     message = "--init_checkpoint: Checkpoint %s does not exist" % missing
   elif case == "pretrain: fine-tuning data":
     command = _pretrain_command(tmp_path, "--data_dir=" + finetune_dir,
-                                "--model_dir=%s" % (tmp_path / "m"))
+                                "--output_dir=%s" % (tmp_path / "m"))
     message = "holds a finetune dataset; pretraining needs"
   elif case == "pretrain: model_dir of another model":
     first = run_command(_pretrain_command(
         tmp_path, "--data_dir=" + pretrain_dir,
-        "--model_dir=%s" % (tmp_path / "m")))
+        "--output_dir=%s" % (tmp_path / "m")))
     assert first.returncode == 0, first.stdout[-2000:]
     command = _pretrain_command(tmp_path, "--data_dir=" + pretrain_dir,
-                                "--model_dir=%s" % (tmp_path / "m"),
+                                "--output_dir=%s" % (tmp_path / "m"),
                                 "--channels=16")
     message = "holds a model of another configuration (channels: 8 -> 16"
   elif case == "finetune: mistyped checkpoint":

@@ -178,11 +178,9 @@ def define_flags():
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  stats = common.call_or_exit(
-      convert_amazon, FLAGS.interactions, FLAGS.item_map, FLAGS.output_dir,
-      FLAGS.max_seq_length, FLAGS.min_history, FLAGS.min_targets,
-      FLAGS.max_targets, FLAGS.domain_a, FLAGS.domain_b, FLAGS.pad_token,
-      FLAGS.overwrite)
+  stats = common.call_with_flags(convert_amazon,
+                                 interactions_path="interactions",
+                                 item_map_path="item_map")
   print("Wrote %s and %s into %s" % (PRETRAIN_CSV, FINETUNE_CSV,
                                      os.path.abspath(FLAGS.output_dir)))
   print("  %d users read, %d pretraining users (%d dropped: fewer than %d "

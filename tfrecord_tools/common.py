@@ -1,4 +1,5 @@
 """Helpers shared by the converters: atomic outputs, progress, TFRecords."""
+import inspect
 import json
 import os
 import shlex
@@ -104,10 +105,13 @@ def define_csv_output_flags():
   flags.DEFINE_bool("overwrite", False, "Replace existing output CSVs.")
 
 
-def call_or_exit(function, *args):
-  """function(*args), or a one-line `error: ...` exit on bad input."""
+def call_with_flags(function, **flag_names):
+  """Calls `function` with the parsed flags of its parameters' names (or of
+  `flag_names[parameter]`); bad input ends in a one-line `error: ...`."""
+  kwargs = {name: flags.FLAGS[flag_names.get(name, name)].value
+            for name in inspect.signature(function).parameters}
   try:
-    return function(*args)
+    return function(**kwargs)
   except (ValueError, OSError) as e:
     sys.exit("error: %s" % e)
 

@@ -217,10 +217,8 @@ def define_flags():
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  stats = common.call_or_exit(
-      convert_movielens, FLAGS.ratings, FLAGS.users, FLAGS.output_dir,
-      FLAGS.max_seq_length, FLAGS.min_history, FLAGS.min_rating,
-      FLAGS.pad_token, FLAGS.overwrite)
+  stats = common.call_with_flags(convert_movielens, ratings_path="ratings",
+                                 users_path="users")
   print("Wrote %s, %s, %s into %s" % (PRETRAIN_CSV, GENDER_CSV, AGE_CSV,
                                       os.path.abspath(FLAGS.output_dir)))
   print("  %d users (%d dropped: fewer than %d ratings), %d items, %d "

@@ -1,0 +1,178 @@
+"""The command-line flags both scripts share, defined once.
+
+One name per concept (BERT's where BERT has one: `--output_dir`,
+`--init_checkpoint`, `--train_batch_size`, `--num_train_steps`, ...), one
+meaning, and one default unless a script must differ: then the script passes
+its own default and says it in `default_notes` (shown after the meaning in
+`--help`). tests/test_flags.py compares the two scripts' definitions.
+
+Only the scripts' `main` reads flag values; `options(define_flags)` gives the
+same values as a dict for callers of `run`.
+"""
+import collections
+import sys
+
+from absl import flags
+
+import training_utils
+
+CONV_IMPLEMENTATIONS = ("atrous", "conv2d", "matmul")
+
+# name: (kind or enum choices, default, meaning); see define_table.
+SHARED_FLAGS = collections.OrderedDict([
+    # Data and directories.
+    ("data_dir", ("string", None,
+                  "Dataset written by tfrecord_tools.convert_csv "
+                  "(metadata.json, TFRecords, vocabularies): --kind=pretrain "
+                  "data for pretraining, --kind=finetune data for "
+                  "fine-tuning.")),
+    ("output_dir", ("string", None,
+                    "Checkpoints, TensorBoard events, configurations and "
+                    "metrics.json go here; rerunning with the same output_dir "
+                    "resumes.")),
+    ("init_checkpoint", ("string", None,
+                         "Checkpoint (prefix or directory) the model starts "
+                         "from: pretraining warm-starts from it, fine-tuning "
+                         "restores the pretrained backbone from it. Adam slots "
+                         "are not restored, and a checkpoint already in "
+                         "--output_dir wins.")),
+    # The network.
+    ("channels", ("integer", None, "Residual channels C of the network.")),
+    ("dilations", ("list", None,
+                   "Dilations of the residual blocks, e.g. 1,4,1,4.")),
+    ("kernel_size", ("integer", None, "Width of the dilated convolutions.")),
+    ("conv_implementation", (CONV_IMPLEMENTATIONS, "matmul",
+                             "How dilated convolutions are computed: atrous, "
+                             "conv2d or matmul (same variables, same "
+                             "results; matmul is fastest on CPU).")),
+    # Training.
+    ("learning_rate", ("float", None, "Adam learning rate.")),
+    ("beta1", ("float", 0.9, "Adam beta1.")),
+    ("train_batch_size", ("integer", None, "Training batch size.")),
+    ("num_train_steps", ("integer", None,
+                         "Total training steps (a resumed run trains up to "
+                         "this many). Default: --num_train_epochs over the "
+                         "training split.")),
+    ("num_train_epochs", ("float", None,
+                          "Epochs over the training split when "
+                          "--num_train_steps is not given.")),
+    ("seed", ("integer", None,
+              "Seed of the input order and of sampling (shuffle, GRec masks, "
+              "negatives, the few-label draw); unset: unseeded.")),
+    ("tf_random_seed", ("integer", None,
+                        "Graph-level seed (initializers, sampled-softmax "
+                        "candidates). Default: --seed.")),
+    ("deterministic", ("bool", False,
+                       "tf.config.experimental.enable_op_determinism(): with "
+                       "the same seeds two runs give identical losses and "
+                       "metrics (an unset --seed becomes 10; "
+                       "docs/RELIABILITY.md says what it costs).")),
+    # Evaluation and outputs.
+    ("do_train", ("bool", True, "Train.")),
+    ("do_eval", ("bool", True,
+                 "Evaluate on the whole test split and write metrics.json.")),
+    ("do_predict", ("bool", False,
+                    "Write the top-ranked items or targets of every test "
+                    "example to --output_dir (predictions.tsv when "
+                    "pretraining, predictions.jsonl when fine-tuning).")),
+    ("eval_batch_size", ("integer", 256,
+                         "Evaluation and prediction batch size.")),
+    ("top_k", ("integer", 5, "Cut-off k of MRR@k, HR@k and NDCG@k.")),
+    # Runtime.
+    ("save_checkpoints_steps", ("integer", 1000,
+                                "Checkpoint every this many steps.")),
+    ("keep_checkpoint_max", ("integer", 5, "Checkpoints kept.")),
+    ("save_summary_steps", ("integer", 100,
+                            "TensorBoard summaries every this many steps.")),
+    ("log_step_count_steps", ("integer", 100,
+                              "Progress line (step/total, loss, speed, ETA) "
+                              "every this many steps.")),
+    ("intra_op_threads", ("integer", 1,
+                          "TensorFlow intra-op threads (1 was fastest on 2 "
+                          "cores: benchmarks/README.md).")),
+    ("inter_op_threads", ("integer", 2, "TensorFlow inter-op threads.")),
+])
+SHARED_NAMES = tuple(SHARED_FLAGS)
+DETERMINISTIC_SEED = 10  # an unset --seed under --deterministic
+
+
+def define_shared_flags(flag_values, defaults=None, default_notes=None):
+  """Defines every flag of SHARED_FLAGS in `flag_values`.
+
+  Args:
+    flag_values: absl FlagValues.
+    defaults: {name: default} where a script's default must differ.
+    default_notes: {name: text}: how the script fills in an unset value,
+      appended to the meaning as "Default: <text>".
+  """
+  defaults, default_notes = defaults or {}, default_notes or {}
+  unknown = sorted((set(defaults) | set(default_notes)) - set(SHARED_NAMES))
+  if unknown:
+    raise ValueError("not shared flags: %s" % unknown)
+  table = collections.OrderedDict()
+  for name, (kind, default, help_text) in SHARED_FLAGS.items():
+    if name in default_notes:
+      help_text += " Default: %s." % default_notes[name]
+    table[name] = (kind, defaults.get(name, default), help_text)
+  define_table(flag_values, table)
+
+
+def define_table(flag_values, table):
+  """Defines the flags of `table`, {name: (kind, default, help)}.
+
+  `kind` is "string", "integer", "float", "bool" or "list" (absl's
+  DEFINE_<kind>), or the sequence of an enum's choices.
+  """
+  for name, (kind, default, help_text) in table.items():
+    if isinstance(kind, str):
+      getattr(flags, "DEFINE_" + kind)(name, default, help_text,
+                                       flag_values=flag_values)
+    else:
+      flags.DEFINE_enum(name, default, list(kind), help_text,
+                        flag_values=flag_values)
+
+
+def meaning(help_text):
+  """The meaning part of a shared flag's help (without a "Default:" note)."""
+  return help_text.split(" Default: ")[0]
+
+
+def default_options(define_flags, **overrides):
+  """{flag name: default} of a script's flags, with `overrides`.
+
+  Lets tests and other programs call a script's `run` without a command
+  line; an override that names no flag is an error.
+  """
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  options = {name: flag_values[name].default for name in flag_values}
+  unknown = sorted(set(overrides) - set(options))
+  if unknown:
+    raise ValueError("unknown options %s" % unknown)
+  options.update(overrides)
+  return options
+
+
+def main_function(run, define_flags, user_errors):
+  """A script's `main`: runs `run` on the parsed flags, read once; a user's
+  mistake (one of `user_errors`) ends in a one-line `error: ...` exit."""
+  def main(argv):
+    del argv
+    training_utils.quiet_tensorflow()
+    options = {name: flags.FLAGS[name].value
+               for name in default_options(define_flags)}
+    try:
+      run(options)
+    except user_errors as e:
+      sys.exit("error: %s" % e)
+  return main
+
+
+def options_tuple(options, define_flags):
+  """`options` as a namedtuple with every flag of `define_flags`.
+
+  Names left out take the flag's default; a name that is not a flag is a
+  programming error (ValueError).
+  """
+  complete = default_options(define_flags, **options)
+  return collections.namedtuple("Options", sorted(complete))(**complete)
