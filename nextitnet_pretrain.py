@@ -295,24 +295,18 @@ def model_fn_builder(config, softmax, learning_rate, num_sampled=None,
                      init_checkpoint=None, top_k=5, beta1=0.9):
   """Returns the `model_fn(features, labels, mode, params)` of the Estimator.
 
-  Variables carry the original names (`allitem_embeddings`,
-  `nextitnet_residual_blockdecoder_layer_{i}_{d}/...`, `softmax_w`/
-  `softmax_b` or `logits/...`, Adam's `<var>/Adam`, `<var>/Adam_1`,
-  `beta1_power`, `beta2_power`), so checkpoints are interchangeable with the
-  original code's.
+  Variables and Adam slots carry the original names, so checkpoints are
+  interchangeable with the original code's (docs/MODEL.md).
 
   Args:
-    config: modeling.ModelConfig; config.causal selects NextItNet (True,
-      features "itemseq") or GRec (False, features "masked_itemseq",
-      "masked_positions", "masked_labels" in training).
-    softmax: "sampled" or "full".
-    learning_rate: Adam learning rate.
+    config: modeling.ModelConfig; config.causal selects NextItNet (features
+      "itemseq") or GRec ("masked_itemseq", "masked_positions",
+      "masked_labels" in training).
+    softmax: "sampled" or "full". learning_rate, beta1: Adam.
     num_sampled: negatives of the sampled softmax (default int(0.2 *
       item_size)).
-    init_checkpoint: optional checkpoint to warm-start from (model variables
-      only: Adam slots and beta powers are not restored).
+    init_checkpoint: optional checkpoint to warm-start the model variables.
     top_k: cut-off of the ranking metrics.
-    beta1: Adam beta1.
 
   Returns:
     model_fn. TRAIN: sampled- or full-softmax loss, Adam. EVAL: eval_metric_ops

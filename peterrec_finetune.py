@@ -55,8 +55,7 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
 
   Args:
     model_config: modeling.ModelConfig of the backbone.
-    init_checkpoint: pretrained backbone prefix (None for the methods that
-      restore nothing).
+    init_checkpoint: pretrained backbone prefix (or None).
     method, insertion, cardinality: finetuning.METHOD_TABLE, the patches.
     task: "recommendation" or "classification".
     target_vocab_size: target (or class) vocabulary size, with id 0.
@@ -67,8 +66,7 @@ def model_fn_builder(model_config, init_checkpoint, method, insertion,
     task_patch: None, or (patch prefix, backbone prefix or None).
     cls_at_start, user_vector: the user vector (ops.modeling).
 
-  Features (data_loader.finetune_input_fn_builder): rows int32 [B, L],
-  target int32 [B], negatives int32 [B, N].
+  Features: rows int32 [B, L], target int32 [B], negatives int32 [B, N].
   """
   finetuning.check_model_arguments(method, insertion, task, init_checkpoint,
                                    task_patch)

@@ -91,16 +91,16 @@ def write_text_atomic(path, text):
 
 def write_json_atomic(path, values):
   """Writes `values` as indented JSON through a temporary file and a rename."""
-  write_text_atomic(path, json.dumps(_to_builtin(values), indent=2,
+  write_text_atomic(path, json.dumps(to_builtin(values), indent=2,
                                      sort_keys=True) + "\n")
 
 
-def _to_builtin(value):
+def to_builtin(value):
   """numpy scalars and arrays inside dicts/lists to plain Python values."""
   if isinstance(value, dict):
-    return {str(k): _to_builtin(v) for k, v in value.items()}
+    return {str(k): to_builtin(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_to_builtin(v) for v in value]
+    return [to_builtin(v) for v in value]
   if hasattr(value, "tolist"):
     return value.tolist()
   return value
@@ -167,7 +167,7 @@ def check_positive(values):
       raise RunError("--%s must be positive, got %s" % (name, value))
 
 
-def check_writable_dir(path, flag_name="--model_dir"):
+def check_writable_dir(path, flag_name="--output_dir"):
   """Fails fast, before anything is built, when `path` cannot be written.
 
   Does not create `path`: checks that `path` (or, when it does not exist

@@ -7,7 +7,7 @@ variables on the ps tasks through `replica_device_setter`, the chief
 initializes, checkpoints and writes summaries, every worker trains
 asynchronously, the evaluator evaluates each new checkpoint and, at the
 end, writes metrics.json). Nothing here is specific to one machine except
-the addresses: README "Running at scale" shows the same TF_CONFIGs for
+the addresses: docs/SCALE.md shows the same TF_CONFIGs for
 real hosts.
 
   python -m distributed.local_cluster --data_dir=runs/ml1m_data \

@@ -95,6 +95,8 @@ def test_commands_run_in_order_as_written(tmp_path):
   result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=project,
                           env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=900)
+  with open(os.path.join(str(tmp_path), "readme_commands.log"), "w") as f:
+    f.write(result.stdout)
   assert result.returncode == 0, result.stdout[-4000:]
   outputs = os.path.join(project, "output")
   # What the guide says each step leaves behind.
