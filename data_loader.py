@@ -22,6 +22,7 @@ Fine-tuning rows (built in the graph from `source` and `target`):
 The 0 before the target is the `[CLS]` slot.
 """
 import collections
+import contextlib
 import gzip
 import hashlib
 import json
@@ -98,7 +99,7 @@ def absolute_path(path):
   return path if is_url(path) else os.path.abspath(path)
 
 
-def _temporary_name(path):
+def temporary_name(path):
   """A hidden name next to `path`, unique to this process and call."""
   directory, name = os.path.split(path)
   return os.path.join(directory, ".%s.tmp-%d-%s" %
@@ -110,21 +111,29 @@ def remove_if_exists(path):
     tf.io.gfile.remove(path)
 
 
-def write_text_atomic(path, text):
-  """Writes `text` to `path` through a temporary name and a rename.
+@contextlib.contextmanager
+def atomic_text_writer(path):
+  """A text writer on a temporary name next to `path`, renamed to `path`
+  when the block ends without an exception (removed otherwise).
 
   Works on any tf.io.gfile file system. A local file gets the permissions
   a plain `open(path, "w")` would give (0666 less the umask).
   """
   tf.io.gfile.makedirs(os.path.dirname(absolute_path(path)))
-  temporary = _temporary_name(path)
+  temporary = temporary_name(path)
   try:
     with tf.io.gfile.GFile(temporary, "w") as writer:
-      writer.write(text)
+      yield writer
     tf.io.gfile.rename(temporary, path, overwrite=True)
   except BaseException:
     remove_if_exists(temporary)
     raise
+
+
+def write_text_atomic(path, text):
+  """Writes `text` to `path` through a temporary name and a rename."""
+  with atomic_text_writer(path) as writer:
+    writer.write(text)
 
 
 def read_text(path):

@@ -390,18 +390,23 @@ def final_metrics(eval_result, top_k):
 
 
 def write_predictions(path, predictions, vocab_tokens):
-  """Writes predict-mode output as TSV: row, label, rank, top-k ids/tokens."""
-  lines = ["row\tlabel_id\tlabel_token\trank\ttop_k_ids\ttop_k_tokens"]
+  """Writes predict-mode output as TSV: row, label, rank, top-k ids/tokens.
+
+  Streams `predictions` to a temporary file renamed at the end. Returns the
+  number of rows.
+  """
   count = 0
-  for row, prediction in enumerate(predictions):
-    label = int(prediction["label"])
-    ids = [int(i) for i in prediction["top_k_ids"]]
-    lines.append("%d\t%d\t%s\t%d\t%s\t%s" % (
-        row, label, vocab_tokens[label], int(prediction["rank"]),
-        " ".join(str(i) for i in ids),
-        " ".join(vocab_tokens[i] for i in ids)))
-    count += 1
-  training_utils.write_text_atomic(path, "\n".join(lines) + "\n")
+  with data_loader.atomic_text_writer(path) as writer:
+    writer.write("row\tlabel_id\tlabel_token\trank\ttop_k_ids\t"
+                 "top_k_tokens\n")
+    for row, prediction in enumerate(predictions):
+      label = int(prediction["label"])
+      ids = [int(i) for i in prediction["top_k_ids"]]
+      writer.write("%d\t%d\t%s\t%d\t%s\t%s\n" % (
+          row, label, vocab_tokens[label], int(prediction["rank"]),
+          " ".join(str(i) for i in ids),
+          " ".join(vocab_tokens[i] for i in ids)))
+      count += 1
   return count
 
 

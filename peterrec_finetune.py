@@ -318,20 +318,21 @@ def predict(f, setup, metadata, estimator, checkpoint):
   path = os.path.join(f.output_dir, finetuning.PREDICTIONS_FILE)
   tokens = data_loader.Vocabulary.load(
       metadata["paths"]["target_vocab"]).tokens
-  lines = []
-  with training_utils.data_loss_guard(_data_files(metadata)):
+  count = 0
+  with training_utils.data_loss_guard(_data_files(metadata)), \
+      data_loader.atomic_text_writer(path) as writer:
     for prediction in estimator.predict(input_fn_builder(f, setup, metadata),
                                         checkpoint_path=checkpoint,
                                         yield_single_examples=True):
-      lines.append(json.dumps({
+      writer.write(json.dumps({
           "target": tokens[int(prediction["target"])],
           "top_ids": [tokens[i] for i in prediction["top_ids"]],
           "top_index": prediction["top_ids"].tolist(),
           "top_scores": [round(float(s), 6)
                          for s in prediction["top_scores"]],
       }) + "\n")
-  training_utils.write_text_atomic(path, "".join(lines))
-  logging.info("Wrote %d predictions to %s", len(lines), path)
+      count += 1
+  logging.info("Wrote %d predictions to %s", count, path)
 
 
 def run(options):

@@ -84,9 +84,7 @@ def session_config(intra_op_threads=1, inter_op_threads=2):
   return config
 
 
-def write_text_atomic(path, text):
-  """Writes `text` through a temporary name and a rename (any file system)."""
-  data_loader.write_text_atomic(path, text)
+write_text_atomic = data_loader.write_text_atomic
 
 
 def write_json_atomic(path, values):

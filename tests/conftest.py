@@ -69,8 +69,26 @@ SLOW_MODULES = frozenset([
 ])
 
 
+# Single tests as slow: the README's commands, and the largest variants of
+# parity checks whose smaller variants stay in the quick run.
+SLOW_TESTS = (
+    "test_readme.py::test_commands_run_in_order_as_written",
+    "test_ops_golden.py::test_golden_parity[peterrec_causal_serial_"
+    "cardinality4-atrous]",
+    "test_ops_golden.py::test_golden_parity[peterrec_causal_serial_"
+    "cardinality4-conv2d]",
+    "test_ops_fast_paths.py::test_golden_parity_with_the_original_layer_norm"
+    "[peterrec_causal_serial_cardinality4]",
+    "test_ops_fast_paths.py::test_towers_compute_the_same_loss_and_gradients"
+    "[serial-2-17]",
+    "test_ops_fast_paths.py::test_towers_compute_the_same_loss_and_gradients"
+    "[serial-3-24]",
+)
+
+
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
-    if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+    if (item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or
+        item.nodeid.endswith(SLOW_TESTS)):
       item.add_marker(pytest.mark.slow)

@@ -26,7 +26,7 @@ class AtomicOutputs(object):
     # the order `path` was called); an exception deletes the temporary files
     # and, if this object created `output_dir`, the then-empty directory.
 
-  Temporary names are hidden (".name.tmp-<pid>") so a glob such as
+  Temporary names are hidden (".name.tmp-<pid>-<random>") so a glob such as
   "*.tfrecord" never picks up a half-written file.
   """
 
@@ -50,7 +50,7 @@ class AtomicOutputs(object):
   def path(self, name):
     """Temporary path to write `name` to."""
     final = os.path.join(self.output_dir, name)
-    tmp = os.path.join(self.output_dir, ".%s.tmp-%d" % (name, os.getpid()))
+    tmp = data_loader.temporary_name(final)
     self._pending.append((tmp, final))
     return tmp
 
