@@ -68,7 +68,8 @@ SHARED_FLAGS = collections.OrderedDict([
                        "metrics (an unset --seed becomes 10; "
                        "docs/RELIABILITY.md says what it costs).")),
     # Evaluation and outputs.
-    ("do_train", ("bool", True, "Train.")),
+    ("do_train", ("bool", True,
+                  "Train (false: evaluate, predict or export only).")),
     ("do_eval", ("bool", True,
                  "Evaluate on the whole test split and write metrics.json.")),
     ("do_predict", ("bool", False,
