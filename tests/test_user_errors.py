@@ -265,7 +265,7 @@ def _finetune_command(tmp_path, *flags):
 
 @pytest.mark.parametrize("case", [
     "pretrain: mistyped checkpoint", "pretrain: fine-tuning data",
-    "pretrain: model_dir of another model", "finetune: mistyped checkpoint",
+    "pretrain: output_dir of another model", "finetune: mistyped checkpoint",
     "finetune: pretraining data", "finetune: output_dir of other data"])
 def test_user_mistakes_end_in_one_line(tmp_path, case):
   pretrain_dir = pretrain_data(str(tmp_path))
@@ -280,7 +280,7 @@ def test_user_mistakes_end_in_one_line(tmp_path, case):
     command = _pretrain_command(tmp_path, "--data_dir=" + finetune_dir,
                                 "--output_dir=%s" % (tmp_path / "m"))
     message = "holds a finetune dataset; pretraining needs"
-  elif case == "pretrain: model_dir of another model":
+  elif case == "pretrain: output_dir of another model":
     first = run_command(_pretrain_command(
         tmp_path, "--data_dir=" + pretrain_dir,
         "--output_dir=%s" % (tmp_path / "m")))
