@@ -424,11 +424,7 @@ def _checked_options(options):
       "eval_batch_size")})
   training_utils.set_process_threads(f.intra_op_threads, f.inter_op_threads)
   training_utils.check_writable_dir(f.output_dir, "--output_dir")
-  if f.deterministic:
-    training_utils.enable_determinism()
-    if f.seed is None:
-      f = f._replace(seed=script_flags.DETERMINISTIC_SEED)
-  return f
+  return script_flags.with_seeds(f)
 
 
 def _plan(f):
@@ -495,7 +491,7 @@ def _pretrain_config(plan, command):
           metadata["seq_length"], f.masked_lm_prob,
           f.max_predictions_per_seq) if grec else None),
       "seed": f.seed,
-      "tf_random_seed": _graph_seed(f),
+      "tf_random_seed": f.tf_random_seed,
       "deterministic": f.deterministic,
       "init_checkpoint": plan.init_checkpoint,
       "data_dir": metadata["data_dir"],
@@ -505,10 +501,6 @@ def _pretrain_config(plan, command):
           "split_seed")},
       "command": command or " ".join(sys.argv),
   }
-
-
-def _graph_seed(f):
-  return f.seed if f.tf_random_seed is None else f.tf_random_seed
 
 
 def _input_fns(plan):
@@ -650,7 +642,7 @@ def _make_estimator(plan):
       num_sampled=plan.num_sampled, init_checkpoint=plan.init_checkpoint,
       top_k=f.top_k, beta1=f.beta1)
   return training_utils.make_estimator(
-      model_fn, f.output_dir, tf_random_seed=_graph_seed(f),
+      model_fn, f.output_dir, tf_random_seed=f.tf_random_seed,
       save_checkpoints_steps=f.save_checkpoints_steps,
       keep_checkpoint_max=f.keep_checkpoint_max,
       save_summary_steps=f.save_summary_steps,

@@ -169,13 +169,7 @@ def _checked_options(options):
         "(the backbone is frozen: a step costs a few percent of pretraining); "
         "unset TF_CONFIG" % cluster_task[:2])
   training_utils.check_writable_dir(f.output_dir, "--output_dir")
-  if f.deterministic:
-    training_utils.enable_determinism()
-    if f.seed is None:
-      f = f._replace(seed=script_flags.DETERMINISTIC_SEED)
-  if f.tf_random_seed is None:
-    f = f._replace(tf_random_seed=f.seed)
-  return f
+  return script_flags.with_seeds(f)
 
 
 def _load_dataset(data_dir):

@@ -829,21 +829,19 @@ def pretrain_backbones(output_dir, pretrain_data, encoders, settings, seed,
   """Pretrains each backbone the rows need, in parallel worker processes
   when `workers` > 1 (one thread each, as the fine-tuning runs). Returns
   {encoder: info dict}."""
-  arguments = [(output_dir, pretrain_data, settings, seed, log, command,
-                encoder) for encoder in encoders]
   if workers > 1 and len(encoders) > 1:
-    single_threaded = dict(settings, intra_op_threads=1, inter_op_threads=1)
+    settings = dict(settings, intra_op_threads=1, inter_op_threads=1)
     with concurrent.futures.ProcessPoolExecutor(
         min(workers, len(encoders)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_quiet_worker) as pool:
       # The workers log with print: the table's own `log` may not pickle.
-      futures = [pool.submit(pretrain, output_dir, pretrain_data,
-                             single_threaded, seed, print, command, encoder)
-                 for encoder in encoders]
-      outcomes = [future.result() for future in futures]
+      outcomes = list(pool.map(
+          pretrain, *zip(*[(output_dir, pretrain_data, settings, seed, print,
+                            command, encoder) for encoder in encoders])))
   else:
-    outcomes = [pretrain(*a) for a in arguments]
+    outcomes = [pretrain(output_dir, pretrain_data, settings, seed, log,
+                         command, encoder) for encoder in encoders]
   backbones = collections.OrderedDict()
   for encoder, (model_dir, metrics, seconds, _) in zip(encoders, outcomes):
     backbones[encoder] = {

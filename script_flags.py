@@ -6,8 +6,8 @@ meaning, and one default unless a script must differ: then the script passes
 its own default and says it in `default_notes` (shown after the meaning in
 `--help`). tests/test_flags.py compares the two scripts' definitions.
 
-Only the scripts' `main` reads flag values; `options(define_flags)` gives the
-same values as a dict for callers of `run`.
+Only the scripts' `main` reads flag values; `default_options(define_flags)`
+gives the same names and defaults as a dict for callers of `run`.
 """
 import collections
 import sys
@@ -15,8 +15,8 @@ import sys
 from absl import flags
 
 import training_utils
+from ops import layers
 
-CONV_IMPLEMENTATIONS = ("atrous", "conv2d", "matmul")
 
 # name: (kind or enum choices, default, meaning); see define_table.
 SHARED_FLAGS = collections.OrderedDict([
@@ -41,7 +41,7 @@ SHARED_FLAGS = collections.OrderedDict([
     ("dilations", ("list", None,
                    "Dilations of the residual blocks, e.g. 1,4,1,4.")),
     ("kernel_size", ("integer", None, "Width of the dilated convolutions.")),
-    ("conv_implementation", (CONV_IMPLEMENTATIONS, "matmul",
+    ("conv_implementation", (layers.CONV_IMPLEMENTATIONS, "matmul",
                              "How dilated convolutions are computed: atrous, "
                              "conv2d or matmul (same variables, same "
                              "results; matmul is fastest on CPU).")),
@@ -177,3 +177,18 @@ def options_tuple(options, define_flags):
   """
   complete = default_options(define_flags, **options)
   return collections.namedtuple("Options", sorted(complete))(**complete)
+
+
+def with_seeds(options):
+  """`options` (a namedtuple) with the seeds the flags promise.
+
+  --deterministic turns op determinism on and an unset --seed into
+  DETERMINISTIC_SEED; an unset --tf_random_seed is --seed.
+  """
+  if options.deterministic:
+    training_utils.enable_determinism()
+    if options.seed is None:
+      options = options._replace(seed=DETERMINISTIC_SEED)
+  if options.tf_random_seed is None:
+    options = options._replace(tf_random_seed=options.seed)
+  return options
