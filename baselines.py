@@ -177,12 +177,31 @@ def _bag_product(weights_table, sources, bag):
   return np.einsum("nl,nld->nd", bag, weights_table[sources])
 
 
+def scatter_add(num_rows, ids, values):
+  """Rows of `values` summed into row `ids` of a zero table (np.add.at).
+
+  Args:
+    num_rows: V, rows of the table.
+    ids: int [M] in [0, V).
+    values: float [M, ...].
+
+  Returns:
+    float32 [V, ...]. Sorted segment sums: np.add.at took half of the
+    calibration rows' time.
+  """
+  order = np.argsort(ids, kind="stable")
+  sorted_ids = ids[order]
+  starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+  table = np.zeros((num_rows,) + values.shape[1:], np.float32)
+  table[sorted_ids[starts]] = np.add.reduceat(values[order], starts, axis=0)
+  return table
+
+
 def _bag_gradient(shape, sources, bag, upstream):
   """Gradient of `_bag_product` w.r.t. the table, for `upstream` [N, D]."""
-  grad = np.zeros(shape, dtype=np.float32)
-  np.add.at(grad, sources.reshape([-1]),
-            (bag[:, :, None] * upstream[:, None, :]).reshape([-1, shape[1]]))
-  return grad
+  return scatter_add(shape[0], sources.reshape([-1]),
+                     (bag[:, :, None] * upstream[:, None, :]).reshape(
+                         [-1, shape[1]]))
 
 
 def fit_softmax_regression(train, validation, num_items, num_classes,
@@ -265,8 +284,9 @@ def fit_bag_ranker(train, validation, num_items, target_vocab_size,
           logits = np.sum(user * targets[ids], axis=1) + bias[ids]
           upstream = (1.0 / (1.0 + np.exp(-logits)) - label) / len(index)
           grad_user += upstream[:, None] * targets[ids]
-          np.add.at(grad_targets, ids, upstream[:, None] * user)
-          np.add.at(grad_bias, ids, upstream)
+          grad_targets += scatter_add(len(targets), ids,
+                                      upstream[:, None] * user)
+          grad_bias += scatter_add(len(bias), ids, upstream)
         adam.step([_bag_gradient(items.shape, sources, bag, grad_user) +
                    l2 * items, grad_targets + l2 * targets, grad_bias])
       params = (items, targets, bias)

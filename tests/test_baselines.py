@@ -80,3 +80,14 @@ def test_reference_over_all_targets_by_hand(tmp_path):
            for t in test["targets"]]
   expected = baselines.metrics_of_ranks(np.array(ranks), top_k=1)
   assert baselines.test_reference(metadata, False, "full", top_k=1) == expected
+
+
+def test_scatter_add_sums_repeated_ids_like_add_at():
+  ids = np.array([3, 0, 3, 3, 1])
+  values = np.arange(10, dtype=np.float32).reshape([5, 2])
+  expected = np.zeros([5, 2], np.float32)
+  np.add.at(expected, ids, values)
+  np.testing.assert_array_equal(baselines.scatter_add(5, ids, values),
+                                expected)
+  np.testing.assert_array_equal(
+      baselines.scatter_add(5, ids, values[:, 0]), [2, 8, 0, 10, 0])
