@@ -49,6 +49,7 @@ METHOD_TABLE = collections.OrderedDict([
 ])
 METHODS = tuple(METHOD_TABLE)
 INSERTIONS = ("serial", "parallel")
+CLS_POSITIONS = ("end", "start")  # where the causal network's [CLS] slot sits
 TASKS = data_loader.TASKS
 LOSSES = finetune_ops.LOSSES
 SAMPLERS = ("uniform", "lambdafm")

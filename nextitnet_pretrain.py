@@ -726,6 +726,41 @@ def _preset_values(key):
       for name in ("default", "demo", "paper"))
 
 
+FLAGS_OF_PRETRAINING = script_flags.flag_table("""
+--encoder (enum; default: nextitnet)
+    nextitnet: causal, predicts every next item. grec: non-causal masked item
+    prediction.
+--preset (enum; default: default)
+    Hyperparameters the flags below default to (explicit flags win). default:
+    for your own data (64 channels, batch 32, 2 epochs, sampled softmax). demo:
+    the original scripts' model_para (batch 2; NextItNet full softmax, GRec
+    sampled). paper: 256 channels.
+--softmax (enum)
+    Output layer: sampled (softmax_w/softmax_b) or full (the 1x1 conv
+    `logits`).
+--num_sampled (integer)
+    Negatives of the sampled softmax. Default int(0.2 * item_size).
+--masked_lm_prob (float; default: 0.3)
+    GRec: fraction masked.
+--max_predictions_per_seq (integer; default: 30)
+    GRec: most masked positions per sequence.
+--has_positional_embedding (bool; default: false)
+    GRec: concatenate a learned positional embedding (doubles the width).
+--max_position (integer; default: 100)
+    GRec: rows of the positional embedding table.
+--eval_throttle_secs (integer; default: 600)
+    Evaluate a new checkpoint at most this often during training (the last one
+    is always evaluated).
+--shuffle_buffer (integer)
+    Training shuffle buffer (records).
+--chief_waits_for_workers_secs (integer; default: 0)
+    Under TF_CONFIG with workers: the chief waits up to this long for a
+    worker's first step before its own (short runs otherwise finish on the
+    chief alone).
+""", enums={"encoder": ENCODERS, "preset": sorted(PRESETS),
+            "softmax": networks.SOFTMAX_TYPES})
+
+
 def define_flags(flag_values=flags.FLAGS):
   """Declares the flags (idempotent: safe to call twice, e.g. in tests)."""
   if "encoder" in flag_values:
@@ -734,45 +769,10 @@ def define_flags(flag_values=flags.FLAGS):
       flag_values, defaults={"seed": 10},
       default_notes={key: _preset_values(key) for key in PRESET_KEYS
                      if key != "softmax"})
-  script_flags.define_table(flag_values, collections.OrderedDict([
-      ("encoder", (ENCODERS, "nextitnet",
-                   "nextitnet: causal, predicts every next item. grec: "
-                   "non-causal masked item prediction.")),
-      ("preset", (sorted(PRESETS), "default",
-                  "Hyperparameters the flags below default to (explicit "
-                  "flags win). default: for your own data (64 channels, "
-                  "batch 32, 2 epochs, sampled softmax). demo: the original "
-                  "scripts' model_para (batch 2; NextItNet full softmax, GRec "
-                  "sampled). paper: 256 channels.")),
-      ("softmax", (networks.SOFTMAX_TYPES, None,
-                   "Output layer: sampled (softmax_w/softmax_b) or full (the "
-                   "1x1 conv `logits`). Default: " +
-                   _preset_values("softmax") + ".")),
-      ("num_sampled", ("integer", None,
-                       "Negatives of the sampled softmax. Default "
-                       "int(0.2 * item_size).")),
-      ("masked_lm_prob", ("float", 0.3, "GRec: fraction masked.")),
-      ("max_predictions_per_seq", ("integer", 30,
-                                   "GRec: most masked positions per "
-                                   "sequence.")),
-      ("has_positional_embedding", ("bool", False,
-                                    "GRec: concatenate a learned positional "
-                                    "embedding (doubles the width).")),
-      ("max_position", ("integer", 100,
-                        "GRec: rows of the positional embedding table.")),
-      ("eval_throttle_secs", ("integer", 600,
-                              "Evaluate a new checkpoint at most this often "
-                              "during training (the last one is always "
-                              "evaluated).")),
-      ("shuffle_buffer", ("integer", data_loader.DEFAULT_SHUFFLE_BUFFER,
-                          "Training shuffle buffer (records).")),
-      ("chief_waits_for_workers_secs", ("integer", 0,
-                                        "Under TF_CONFIG with workers: the "
-                                        "chief waits up to this long for a "
-                                        "worker's first step before its own "
-                                        "(short runs otherwise finish on the "
-                                        "chief alone).")),
-  ]))
+  script_flags.define_table(
+      flag_values, FLAGS_OF_PRETRAINING,
+      defaults={"shuffle_buffer": data_loader.DEFAULT_SHUFFLE_BUFFER},
+      notes={"softmax": "Default: %s." % _preset_values("softmax")})
 
 
 main = script_flags.main_function(run, define_flags, USER_ERRORS)

@@ -15,7 +15,6 @@ Outputs in --output_dir: checkpoints (the best validated one in `best/`),
 `parameters.json`, `metrics.json`, `task_patch/` (only what the task
 trained) and, on request, a SavedModel and `predictions.jsonl`.
 """
-import collections
 import json
 import os
 
@@ -377,106 +376,96 @@ def default_options(**overrides):
 # Command line
 # ---------------------------------------------------------------------------
 
-# name: (kind or enum choices, default, help): script_flags.define_table.
-FLAGS_OF_FINETUNING = collections.OrderedDict([
-    # The backbone.
-    ("model_config_file", ("string", None,
-                           "Backbone configuration JSON; default: "
-                           "model_config.json beside --init_checkpoint, else "
-                           "the checkpoint's shapes.")),
-    ("backbone", (list(finetuning.BACKBONES), None,
-                  "nextitnet (causal) or grec (non-causal); needed when the "
-                  "checkpoint has no model_config.json (the authors' "
-                  "checkpoints).")),
-    # What is trained, and how.
-    ("method", (finetuning.METHODS, "peterrec",
-                "What is restored, patched and trained: " +
-                "; ".join(finetuning.describe_methods()) + ".")),
-    ("insertion", (finetuning.INSERTIONS, None,
-                   "Patch insertion; default serial for nextitnet, parallel "
-                   "for grec (as the original scripts).")),
-    ("cardinality", ("integer", 1,
-                     "Branches of each model patch (1 = ResNet-style).")),
-    ("cls_position", (("end", "start"), "end",
-                      "Where the causal network's [CLS] slot sits: end (the "
-                      "original: its state has seen every item) or start "
-                      "(the paper's ablation: it sees none).")),
-    ("user_vector", (modeling.USER_VECTORS, "cls",
-                     "The user representation fed to the head: cls (the "
-                     "[CLS] slot's state, the original) or mean (the mean of "
-                     "every position's state; docs/DEVIATIONS.md F13).")),
-    ("task", (finetuning.TASKS, None,
-              "recommendation (cold-start targets) or classification (class "
-              "labels). Default: the task the dataset was converted as (its "
-              "metadata.json; convert_csv --task); a flag that contradicts "
-              "it, the task patch or the checkpoint is an error.")),
-    ("loss", (finetuning.LOSSES, "bce",
-              "bce (one sampled negative, the original), bpr (with "
-              "--sampler=lambdafm: the LambdaFM script), softmax "
-              "(cross-entropy over all targets).")),
-    ("sampler", (finetuning.SAMPLERS, "uniform",
-                 "Training negatives: uniform, or lambdafm (static, by "
-                 "training-split target frequency rank).")),
-    ("rho", ("float", 0.3, "LambdaFM temperature.")),
-    # Validation and few labels.
-    ("validation_fraction", ("float", 0.1,
-                             "Share of the training users (of the rows when "
-                             "the dataset was split by row) held out as a "
-                             "validation split, seeded by --split_seed; "
-                             "evaluated every --eval_every_steps, the best "
-                             "checkpoint is the one tested, exported and "
-                             "served. 0: no validation, the last checkpoint "
-                             "(the original's protocol).")),
-    ("split_seed", ("integer", 10, "Seed of the validation split.")),
-    ("eval_every_steps", ("integer", None,
-                          "Validation cadence; default a tenth of the "
-                          "training steps.")),
-    ("selection_metric", ("string", None,
-                          "Validation metric that picks the best checkpoint "
-                          "(higher is better); default accuracy for "
-                          "classification, hr@<top_k> for recommendation.")),
-    ("early_stopping_patience", ("integer", 3,
-                                 "Stop after this many validations in a row "
-                                 "without improvement; 0: never.")),
-    ("labelled_fraction", ("float", 1.0,
-                           "Few labels: train on this share of the training "
-                           "users left after the validation split (drawn "
-                           "with --seed); the validation and test splits do "
-                           "not change.")),
-    ("num_labelled_users", ("integer", None,
-                            "Few labels: train on this many users instead of "
-                            "--labelled_fraction.")),
-    # Test evaluation.
-    ("eval", (finetuning.EVAL_PROTOCOLS, "sampled",
-              "Recommendation protocol: sampled (negatives + the positive, "
-              "the paper) or full (all target ids).")),
-    ("num_eval_negatives", ("integer", 99,
-                            "Sampled protocol: negatives per test example.")),
-    ("distinct_negatives", ("bool", False,
-                            "Sampled protocol: draw the negatives without "
-                            "replacement (duplicates inflate the metrics).")),
-    ("eval_seed", ("integer", 12345,
-                   "Seed of the evaluation negatives (same seed, same "
-                   "metrics).")),
-    # Outputs.
-    ("predict_top_k", ("integer", 10, "Target ids per prediction.")),
-    ("export_dir", ("string", None,
-                    "Write a SavedModel of the fine-tuned model here (raw "
-                    "item-id strings in, top-k target ids and scores out; "
-                    "see serving.py). With --do_train=false, exports the "
-                    "checkpoint of --output_dir that the run selected "
-                    "(best/, else the latest).")),
-    ("export_task_patch", ("bool", True,
-                           "After training, write task_patch/ (only what "
-                           "the task trained).")),
-    ("task_patch", ("string", None,
-                    "Evaluate/predict an exported task_patch/ directory with "
-                    "the backbone --init_checkpoint (default: the one the "
-                    "patch records); needs --do_train=false.")),
-    ("save_graph_def", ("bool", False,
-                        "Write graph.pbtxt and .meta files with the "
-                        "checkpoints.")),
-])
+FLAGS_OF_FINETUNING = script_flags.flag_table("""
+# The backbone.
+--model_config_file (string)
+    Backbone configuration JSON; default: model_config.json beside
+    --init_checkpoint, else the checkpoint's shapes.
+--backbone (enum)
+    nextitnet (causal) or grec (non-causal); needed when the checkpoint has no
+    model_config.json (the authors' checkpoints).
+# What is trained, and how.
+--method (enum; default: peterrec)
+    What is restored, patched and trained:
+--insertion (enum)
+    Patch insertion; default serial for nextitnet, parallel for grec (as the
+    original scripts).
+--cardinality (integer; default: 1)
+    Branches of each model patch (1 = ResNet-style).
+--cls_position (enum; default: end)
+    Where the causal network's [CLS] slot sits: end (the original: its state
+    has seen every item) or start (the paper's ablation: it sees none).
+--user_vector (enum; default: cls)
+    The user representation fed to the head: cls (the [CLS] slot's state, the
+    original) or mean (the mean of every position's state; docs/DEVIATIONS.md
+    F13).
+--task (enum)
+    recommendation (cold-start targets) or classification (class labels).
+    Default: the task the dataset was converted as (its metadata.json;
+    convert_csv --task); a flag that contradicts it, the task patch or the
+    checkpoint is an error.
+--loss (enum; default: bce)
+    bce (one sampled negative, the original), bpr (with --sampler=lambdafm: the
+    LambdaFM script), softmax (cross-entropy over all targets).
+--sampler (enum; default: uniform)
+    Training negatives: uniform, or lambdafm (static, by training-split target
+    frequency rank).
+--rho (float; default: 0.3)
+    LambdaFM temperature.
+# Validation and few labels.
+--validation_fraction (float; default: 0.1)
+    Share of the training users (of the rows when the dataset was split by row)
+    held out as a validation split, seeded by --split_seed; evaluated every
+    --eval_every_steps, the best checkpoint is the one tested, exported and
+    served. 0: no validation, the last checkpoint (the original's protocol).
+--split_seed (integer; default: 10)
+    Seed of the validation split.
+--eval_every_steps (integer)
+    Validation cadence; default a tenth of the training steps.
+--selection_metric (string)
+    Validation metric that picks the best checkpoint (higher is better);
+    default accuracy for classification, hr@<top_k> for recommendation.
+--early_stopping_patience (integer; default: 3)
+    Stop after this many validations in a row without improvement; 0: never.
+--labelled_fraction (float; default: 1.0)
+    Few labels: train on this share of the training users left after the
+    validation split (drawn with --seed); the validation and test splits do not
+    change.
+--num_labelled_users (integer)
+    Few labels: train on this many users instead of --labelled_fraction.
+# Test evaluation.
+--eval (enum; default: sampled)
+    Recommendation protocol: sampled (negatives + the positive, the paper) or
+    full (all target ids).
+--num_eval_negatives (integer; default: 99)
+    Sampled protocol: negatives per test example.
+--distinct_negatives (bool; default: false)
+    Sampled protocol: draw the negatives without replacement (duplicates
+    inflate the metrics).
+--eval_seed (integer; default: 12345)
+    Seed of the evaluation negatives (same seed, same metrics).
+# Outputs.
+--predict_top_k (integer; default: 10)
+    Target ids per prediction.
+--export_dir (string)
+    Write a SavedModel of the fine-tuned model here (raw item-id strings in,
+    top-k target ids and scores out; see serving.py). With --do_train=false,
+    exports the checkpoint of --output_dir that the run selected (best/, else
+    the latest).
+--export_task_patch (bool; default: true)
+    After training, write task_patch/ (only what the task trained).
+--task_patch (string)
+    Evaluate/predict an exported task_patch/ directory with the backbone
+    --init_checkpoint (default: the one the patch records); needs
+    --do_train=false.
+--save_graph_def (bool; default: false)
+    Write graph.pbtxt and .meta files with the checkpoints.
+""", enums={"backbone": finetuning.BACKBONES, "method": finetuning.METHODS,
+            "insertion": finetuning.INSERTIONS,
+            "cls_position": finetuning.CLS_POSITIONS,
+            "user_vector": modeling.USER_VECTORS, "task": finetuning.TASKS,
+            "loss": finetuning.LOSSES, "sampler": finetuning.SAMPLERS,
+            "eval": finetuning.EVAL_PROTOCOLS})
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -486,7 +475,9 @@ def define_flags(flag_values=flags.FLAGS):
                              "num_train_epochs": 5.0},
       default_notes={name: "the backbone's configuration" for name in
                      ("channels", "dilations", "kernel_size")})
-  script_flags.define_table(flag_values, FLAGS_OF_FINETUNING)
+  script_flags.define_table(
+      flag_values, FLAGS_OF_FINETUNING,
+      notes={"method": "; ".join(finetuning.describe_methods()) + "."})
 
 
 main = script_flags.main_function(run, define_flags, USER_ERRORS)

@@ -68,3 +68,38 @@ def test_options_fill_defaults_and_refuse_unknown_names():
     assert "model_dir" in str(e)
   else:
     raise AssertionError("an unknown option was accepted")
+
+
+def test_flag_table_reads_kinds_defaults_and_help():
+  table = script_flags.flag_table("""
+# A comment.
+--steps (integer; default: 3)
+    Many
+    steps.
+--where (string)
+    A path.
+--dims (list; default: 1,4)
+    Dims.
+--quiet (bool; default: false)
+    Quiet.
+--mode (enum; default: b)
+    Mode.
+""", enums={"mode": ("a", "b")})
+  assert list(table) == ["steps", "where", "dims", "quiet", "mode"]
+  assert table["steps"] == ("integer", 3, "Many steps.")
+  assert table["where"] == ("string", None, "A path.")
+  assert table["dims"][1] == ["1", "4"] and table["quiet"][1] is False
+  assert table["mode"][:2] == (("a", "b"), "b")
+  values = flags.FlagValues()
+  script_flags.define_table(values, table, defaults={"steps": 5},
+                            notes={"where": "Default: here."})
+  assert values["steps"].default == 5
+  assert values["where"].help == "A path. Default: here."
+  for bad_table, enums in (("--mode (enum)\n    Mode.", None),
+                           ("steps: 3", None)):
+    try:
+      script_flags.flag_table(bad_table, enums)
+    except ValueError:
+      pass
+    else:
+      raise AssertionError("accepted %r" % bad_table)
