@@ -367,7 +367,6 @@ def run(options):
   return outputs
 
 
-
 def default_options(**overrides):
   """{flag name: default} with `overrides`: the options of `run`."""
   return script_flags.default_options(define_flags, **overrides)

@@ -584,12 +584,16 @@ class Runner(object):
                                      finetuning.PARAMETERS_FILE))
     return dict(metrics, trainable_percent=report["trainable_percent"])
 
-  def select_and_repeat(self, tasks, rows, learning_rates, seeds):
+  def select_and_repeat(self, tasks, rows, learning_rates, seeds,
+                        few_rows=(), fractions=()):
     """For every task and row: the learning rate with the best validation
-    metric on the first seed, then every seed with it.
+    metric on the first seed, then every seed with it; and the few-label
+    runs of `few_rows` at each of `fractions` with that rate, in the same
+    batch as the seeds (no worker waits between the two).
 
     Returns:
-      {task name: {row key: record for results.json}}.
+      ({task name: {row key: record for results.json}},
+       {(task name, row, fraction): [metrics.json dict per seed]}).
     """
     pairs = [(task, row) for task in tasks for row in rows]
     self.log("grid: %d runs (%d rows x %d learning rates, seed %d)" % (
@@ -611,11 +615,22 @@ class Runner(object):
                                           -learning_rates.index(lr)))
       chosen[task.name, row] = (best_lr, runs[learning_rates.index(best_lr)])
       grids[task.name, row] = grid
-    self.log("seeds: %d runs (%d rows x seeds %s at the chosen rates)" % (
-        len(pairs) * (len(seeds) - 1), len(pairs), seeds[1:]))
-    seed_runs = self.run_many([Request(task, row, seed,
-                                       chosen[task.name, row][0], 1.0)
-                               for task, row in pairs for seed in seeds[1:]])
+    few = [(task, row, fraction) for task in tasks for row in few_rows
+           for fraction in fractions]
+    self.log("seeds: %d runs (%d rows x seeds %s at the chosen rates); few "
+             "labels: %d runs (%d rows x fractions %s x %d seeds)" % (
+                 len(pairs) * (len(seeds) - 1), len(pairs), seeds[1:],
+                 len(few) * len(seeds), len(few_rows), fractions,
+                 len(seeds)))
+    runs = self.run_many(
+        [Request(task, row, seed, chosen[task.name, row][0], 1.0)
+         for task, row in pairs for seed in seeds[1:]] +
+        [Request(task, row, seed, chosen[task.name, row][0], fraction)
+         for task, row, fraction in few for seed in seeds])
+    seed_runs = runs[:len(pairs) * (len(seeds) - 1)]
+    few_runs = iter(runs[len(seed_runs):])
+    few_label = {(task.name, row, fraction): [next(few_runs) for _ in seeds]
+                 for task, row, fraction in few}
     records = collections.OrderedDict((t.name, collections.OrderedDict())
                                       for t in tasks)
     for index, (task, row) in enumerate(pairs):
@@ -637,7 +652,7 @@ class Runner(object):
           "trainable_percent": per_seed[0]["trainable_percent"],
           "num_train_users": per_seed[0]["plan"]["num_train_users"],
       }
-    return records
+    return records, few_label
 
 
 def calibration(task, data_dir, finetune_settings, seeds, labelled_fraction=1.0,
@@ -674,6 +689,45 @@ def calibration(task, data_dir, finetune_settings, seeds, labelled_fraction=1.0,
                                          columns),
                  "selection": [r["linear_selection"] for r in per_seed]},
   }
+
+
+class _Deferred(object):
+  """A call made when its result is first asked for (a Future's `result`)."""
+
+  def __init__(self, function, *args, **kwargs):
+    self._call = lambda: function(*args, **kwargs)
+    self._result = None
+    self._done = False
+
+  def result(self):
+    if not self._done:
+      self._result, self._done = self._call(), True
+    return self._result
+
+
+@contextlib.contextmanager
+def calibration_jobs(tasks, finetune_dirs, finetune_settings, seeds,
+                     fractions, background=False):
+  """{(task name, fraction): job}: the calibration rows, `job.result()`.
+
+  With `background`, every job starts at once in a process of its own,
+  beside the fine-tuning workers, instead of later with the cores idle;
+  otherwise each is computed when first asked for.
+  """
+  keys = [(task, fraction) for task in tasks for fraction in fractions]
+  if not background:
+    yield collections.OrderedDict(
+        ((task.name, fraction), _Deferred(
+            calibration, task, finetune_dirs[task.name], finetune_settings,
+            seeds, labelled_fraction=fraction)) for task, fraction in keys)
+    return
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(
+      1, mp_context=context, initializer=_quiet_worker) as pool:
+    yield collections.OrderedDict(
+        ((task.name, fraction), pool.submit(
+            calibration, task, finetune_dirs[task.name], finetune_settings,
+            seeds, labelled_fraction=fraction)) for task, fraction in keys)
 
 
 # ---------------------------------------------------------------------------
@@ -852,21 +906,19 @@ def pretrain_backbones(output_dir, pretrain_data, encoders, settings, seed,
   return backbones
 
 
-def few_label_runs(runner, tasks, rows, records, fractions, seeds,
-                   finetune_dirs, finetune_settings):
-  """The few-label rows at each fraction, with each row's chosen rate.
+def few_label_points(tasks, few_rows, records, few_label, fractions,
+                     calibrations):
+  """The few-label series of each row, the full-label point first.
+
+  Args:
+    few_label: {(task name, row, fraction): [metrics per seed]}
+      (Runner.select_and_repeat).
+    calibrations: {(task name, fraction): calibration() result}.
 
   Returns:
     {task name: {row key: [point]}}, a point being {"label", "fraction",
-    "num_train_users", "test"}; the full-label point (fraction 1) included.
+    "num_train_users", "test"}; the linear calibration row as "linear".
   """
-  few_rows = [r for r in FEW_LABEL_ROWS if r in rows]
-  requests = [Request(task, row, seed,
-                      records[task.name][row]["chosen_learning_rate"],
-                      fraction)
-              for task in tasks for row in few_rows for fraction in fractions
-              for seed in seeds]
-  runs = iter(runner.run_many(requests))
   points = collections.OrderedDict()
   for task in tasks:
     series = points[task.name] = collections.OrderedDict()
@@ -877,21 +929,19 @@ def few_label_runs(runner, tasks, rows, records, fractions, seeds,
                       "num_train_users": record["num_train_users"],
                       "test": record["test"]}]
       for fraction in fractions:
-        per_seed = [next(runs) for _ in seeds]
+        per_seed = few_label[task.name, row, fraction]
         series[row].append({
             "label": record["label"], "fraction": fraction,
             "num_train_users": per_seed[0]["plan"]["num_train_users"],
             "learning_rate": record["chosen_learning_rate"],
             "test": summarize_seeds([r["metrics"] for r in per_seed],
                                     columns)})
-    linear = series["linear"] = []
-    for fraction in [1.0] + list(fractions):
-      rows_of = calibration(task, finetune_dirs[task.name], finetune_settings,
-                            seeds, labelled_fraction=fraction)
-      linear.append({"label": CALIBRATION_ROWS["linear"],
-                     "fraction": fraction,
-                     "num_train_users": rows_of["num_train_users"],
-                     "test": rows_of["linear"]["test"]})
+    series["linear"] = [
+        {"label": CALIBRATION_ROWS["linear"], "fraction": fraction,
+         "num_train_users": calibrations[task.name, fraction][
+             "num_train_users"],
+         "test": calibrations[task.name, fraction]["linear"]["test"]}
+        for fraction in [1.0] + list(fractions)]
   return points
 
 
@@ -972,23 +1022,26 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
                   {e: b["checkpoint"] for e, b in backbones.items()},
                   {e: b["id"] for e, b in backbones.items()},
                   finetune_settings, log, workers=workers)
-  few_rows = [r for r in FEW_LABEL_ROWS if r in rows]
+  few_rows = [r for r in FEW_LABEL_ROWS if r in rows] if fractions else []
   runner.total = len(tasks) * (
       len(rows) * (len(learning_rates) + len(seeds) - 1) +
       len(few_rows) * len(fractions) * len(seeds))
-  records = runner.select_and_repeat(tasks, rows, learning_rates, seeds)
-  for task in tasks:
-    log("[%s] task %s: calibration rows" % (dataset, task.name))
-    calibrated = calibration(task, finetune_dirs[task.name],
-                             finetune_settings, seeds)
-    records[task.name] = collections.OrderedDict(
-        [(row, calibrated[row]) for row in CALIBRATION_ROWS] +
-        list(records[task.name].items()))
-  few_labels = None
-  if fractions:
-    log("[%s] few labels: %s of the training users" % (dataset, fractions))
-    few_labels = few_label_runs(runner, tasks, rows, records, fractions,
-                                seeds, finetune_dirs, finetune_settings)
+  with calibration_jobs(tasks, finetune_dirs, finetune_settings, seeds,
+                        [1.0] + (fractions if few_rows else []),
+                        background=workers > 1) as calibrations:
+    records, few_label = runner.select_and_repeat(
+        tasks, rows, learning_rates, seeds, few_rows, fractions)
+    for task in tasks:
+      log("[%s] task %s: calibration rows" % (dataset, task.name))
+      calibrated = calibrations[task.name, 1.0].result()
+      records[task.name] = collections.OrderedDict(
+          [(row, calibrated[row]) for row in CALIBRATION_ROWS] +
+          list(records[task.name].items()))
+    few_labels = None
+    if few_rows:
+      few_labels = few_label_points(
+          tasks, few_rows, records, few_label, fractions,
+          {key: job.result() for key, job in calibrations.items()})
   figure_paths = (write_figures(output_dir, tasks, records, few_labels)
                   if figures else [])
 

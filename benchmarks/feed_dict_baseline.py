@@ -119,6 +119,11 @@ def random_neq(low, high, excluded, rng):
   return value
 
 
+def random_negs(low, high, count, excluded, rng):
+  """The original's `random_negs`: `count` draws of `random_neq`."""
+  return [random_neq(low, high, excluded, rng) for _ in range(count)]
+
+
 def pretrain_loop(preset, metadata, encoder, seed=1):
   """(a) for NextItNet ("nextitnet") or GRec ("grec") pretraining."""
   rng = np.random.default_rng(seed)
