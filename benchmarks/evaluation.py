@@ -41,10 +41,8 @@ import os
 os.environ.setdefault("TF_OVERRIDE_GLOBAL_THREADPOOL", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import json
 import shutil
 import statistics
-import tempfile
 import time
 
 from absl import app
@@ -209,6 +207,8 @@ def feed_dict_way(setup, rng):
     if setup.pretraining:
       probabilities = session.run(fetched, {inputs[0]: rows})
       for row, label in enumerate(rows[:, -1]):
+        if label == 0:  # padding: weight 0 in the scripts' metrics too
+          continue
         top = np.argsort(probabilities[row])[::-1][:TOP_K]
         ranks.append({item: i for i, item in enumerate(top)}.get(label))
     else:
@@ -276,25 +276,18 @@ def main(argv):
   preset = workloads.PRESETS[FLAGS.preset]
   # Before any other session: the Estimator's global inter-op pool.
   pipeline.pin_global_thread_pools(training_utils.session_config())
-  work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="peterrec_eval_")
-  try:
-    data = workloads.prepare_data(preset, work_dir)
-    records = []
+  records = []
+  with workloads.generated_data(preset, FLAGS.work_dir) as (data, work_dir):
     for workload in FLAGS.workloads:
       setup = _Setup(workload, preset, data, work_dir, FLAGS.eval_batch_size,
                      FLAGS.max_sequences)
       records += measure(setup, FLAGS.reps)
-  finally:
-    if not FLAGS.work_dir:
-      shutil.rmtree(work_dir, ignore_errors=True)
-  print("\nEvaluation throughput, preset %s, batch %d, %d sequences, median "
-        "of %d interleaved repetitions\n" % (
-            FLAGS.preset, FLAGS.eval_batch_size, FLAGS.max_sequences,
-            FLAGS.reps))
-  print(format_table(records))
-  if FLAGS.json_output:
-    with open(FLAGS.json_output, "w") as f:
-      json.dump({"preset": FLAGS.preset, "records": records}, f, indent=2)
+  workloads.report(
+      "Evaluation throughput, preset %s, batch %d, %d sequences, median of "
+      "%d interleaved repetitions" % (FLAGS.preset, FLAGS.eval_batch_size,
+                                      FLAGS.max_sequences, FLAGS.reps),
+      format_table(records), FLAGS.json_output,
+      {"preset": FLAGS.preset, "records": records})
 
 
 if __name__ == "__main__":

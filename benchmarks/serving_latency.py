@@ -18,10 +18,7 @@ records the CPU other processes used (benchmarks/cpu_monitor.py).
   .venv/bin/python -m benchmarks.serving_latency                 # demo size
   .venv/bin/python -m benchmarks.serving_latency --preset=paper
 """
-import json
 import os
-import shutil
-import tempfile
 import time
 
 from absl import app
@@ -192,9 +189,7 @@ def format_table(rows, batch_size):
 def main(argv):
   del argv
   preset = workloads.PRESETS[FLAGS.preset]
-  work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="peterrec_serving_")
-  try:
-    data = workloads.prepare_data(preset, work_dir)
+  with workloads.generated_data(preset, FLAGS.work_dir) as (data, work_dir):
     metadata = data["finetune"]
     checkpoint, saved_model = write_model(preset, metadata, work_dir,
                                           FLAGS.top_k)
@@ -204,19 +199,13 @@ def main(argv):
                "signature": Signature(saved_model)}
     records = measure(answers, metadata, FLAGS.reps, FLAGS.single_calls,
                       FLAGS.batch_calls, FLAGS.batch_size)
-  finally:
-    if not FLAGS.work_dir:
-      shutil.rmtree(work_dir, ignore_errors=True)
   rows = summarize(records, FLAGS.batch_size)
-  print("\nServing, preset %s (%d channels, %d targets, top %d), %d "
-        "windows of each way\n" % (FLAGS.preset, preset.channels,
-                                   preset.num_targets, FLAGS.top_k,
-                                   FLAGS.reps))
-  print(format_table(rows, FLAGS.batch_size))
-  if FLAGS.json_output:
-    with open(FLAGS.json_output, "w") as f:
-      json.dump({"preset": FLAGS.preset, "rows": rows, "records": records},
-                f, indent=2)
+  workloads.report(
+      "Serving, preset %s (%d channels, %d targets, top %d), %d windows of "
+      "each way" % (FLAGS.preset, preset.channels, preset.num_targets,
+                    FLAGS.top_k, FLAGS.reps),
+      format_table(rows, FLAGS.batch_size), FLAGS.json_output,
+      {"preset": FLAGS.preset, "rows": rows, "records": records})
 
 
 if __name__ == "__main__":

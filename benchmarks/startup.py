@@ -9,10 +9,12 @@ against this process's clock. The phases:
   imports        Python start to the script's module imported (TensorFlow's
                  import is most of it);
   setup          flags, metadata, the plan of rows, up to Estimator.train;
-  graph          input_fn and model_fn, the validation graph when there is
-                 one, the Estimator's hooks: up to the session's creation;
+  graph          input_fn and model_fn;
+  hooks' graphs  the hooks' set-up (fine-tuning's validation graph);
   session        the session: initializers, restoring the backbone;
-  first save     the other hooks' start (the step-0 checkpoint);
+  step-0 validation  the script's hooks start: fine-tuning validates once
+                 before training (the first point of its curve);
+  step-0 checkpoint  the Estimator's hooks start (it saves step 0);
   step 1, 2      the first two training steps (each new set of fetched
                  tensors makes TensorFlow prune and optimise the graph).
 
@@ -21,13 +23,10 @@ The figure users wait for is "to step 1 done", median over --reps runs.
   .venv/bin/python -m benchmarks.startup                 # demo size, ~2 min
   .venv/bin/python -m benchmarks.startup --preset=paper --reps=3
 """
-import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from absl import app
@@ -36,8 +35,8 @@ from absl import flags
 from benchmarks import workloads
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHASES = ("imports", "setup", "graph", "session", "first save", "step 1",
-          "step 2")
+PHASES = ("imports", "setup", "graph", "hooks' graphs", "session",
+          "step-0 validation", "step-0 checkpoint", "step 1", "step 2")
 SCRIPTS = ("nextitnet_pretrain", "peterrec_finetune")
 MARK = "STARTUP_PHASE "
 
@@ -46,38 +45,46 @@ MARK = "STARTUP_PHASE "
 _CHILD = r"""
 import sys, time
 print("%(mark)simports-start %%.6f" %% time.time(), flush=True)
-import importlib, json
+import importlib
 from absl import app
 import tensorflow as tf
 script = importlib.import_module(sys.argv[1])
-from absl import flags
 
 def mark(name):
   print("%(mark)s%%s %%.6f" %% (name, time.time()), flush=True)
 
 mark("imports")
 
-class PhaseHook(tf.estimator.SessionRunHook):
+class FirstHook(tf.estimator.SessionRunHook):
+  # First of the hooks: the graph is built, the session exists.
   def begin(self):
     mark("graph")
-    self.steps = 0
   def after_create_session(self, session, coord):
     mark("session")
   def before_run(self, run_context):
-    if self.steps == 0:
-      mark("first save")
+    if not hasattr(self, "stepping"):
+      self.stepping = True
+      mark("step-0 checkpoint")
+
+class LastHook(tf.estimator.SessionRunHook):
+  # Last of the script's hooks: theirs have started; counts the steps.
+  steps = 0
+  def begin(self):
+    mark("hooks' graphs")
+  def after_create_session(self, session, coord):
+    mark("step-0 validation")
   def after_run(self, run_context, run_values):
     self.steps += 1
     mark("step %%d" %% self.steps)
     if self.steps == 2:
-      sys.stdout.flush()
       import os
       os._exit(0)
 
 train = tf.estimator.Estimator.train
 def train_with_phases(self, input_fn, hooks=None, **kwargs):
   mark("setup")
-  return train(self, input_fn, hooks=list(hooks or []) + [PhaseHook()],
+  return train(self, input_fn,
+               hooks=[FirstHook()] + list(hooks or []) + [LastHook()],
                **kwargs)
 tf.estimator.Estimator.train = train_with_phases
 script.define_flags()
@@ -159,27 +166,18 @@ def format_table(runs):
 
 def main(argv):
   del argv
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.compat.v1.disable_eager_execution()
   preset = workloads.PRESETS[FLAGS.preset]
-  work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="peterrec_startup_")
-  try:
-    data = workloads.prepare_data(preset, work_dir)
-    runs = {script: [] for script in FLAGS.scripts}
+  runs = {script: [] for script in FLAGS.scripts}
+  with workloads.generated_data(preset, FLAGS.work_dir) as (data, work_dir):
     for rep in range(FLAGS.reps):
       for script in FLAGS.scripts:  # interleaved
         output_dir = os.path.join(work_dir, "out_%s_%d" % (script, rep))
         runs[script].append(time_one_start(
             script, script_arguments(script, preset, data, output_dir)))
-  finally:
-    if not FLAGS.work_dir:
-      shutil.rmtree(work_dir, ignore_errors=True)
-  print("\nStart-up, preset %s: seconds from process start, median "
-        "[min-max] of %d runs\n" % (FLAGS.preset, FLAGS.reps))
-  print(format_table(runs))
-  if FLAGS.json_output:
-    with open(FLAGS.json_output, "w") as f:
-      json.dump({"preset": FLAGS.preset, "runs": runs}, f, indent=2)
+  workloads.report(
+      "Start-up, preset %s: seconds from process start, median [min-max] of "
+      "%d runs" % (FLAGS.preset, FLAGS.reps), format_table(runs),
+      FLAGS.json_output, {"preset": FLAGS.preset, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@ pretraining and a fine-tuning TFRecord dataset of that size with the
 project's own converter (`tfrecord_tools.convert_csv`), plus a randomly
 initialized backbone checkpoint for fine-tuning to start from.
 """
+import contextlib
 import dataclasses
+import json
 import os
+import shutil
+import tempfile
 from typing import List
 
 import numpy as np
@@ -132,6 +136,28 @@ def prepare_data(preset, work_dir, seed=1):
                                    ("causal" if causal else "noncausal")))
                for causal in (True, False)}
   return {"pretrain": pretrain, "finetune": finetune, "backbones": backbones}
+
+
+@contextlib.contextmanager
+def generated_data(preset, work_dir=None, seed=1):
+  """`prepare_data` in `work_dir` (kept), or in a temporary directory that
+  is removed afterwards; yields (data, work_dir)."""
+  temporary = work_dir is None
+  work_dir = work_dir or tempfile.mkdtemp(prefix="peterrec_bench_")
+  try:
+    yield prepare_data(preset, work_dir, seed), work_dir
+  finally:
+    if temporary:
+      shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def report(title, table, json_output=None, results=None):
+  """Prints a benchmark's title and table; writes `results` as JSON."""
+  print("\n%s\n" % title)
+  print(table)
+  if json_output:
+    with open(json_output, "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True, default=str)
 
 
 def write_backbone_checkpoint(preset, causal, directory):

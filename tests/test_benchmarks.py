@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import flops
+from benchmarks import startup
 from benchmarks import workloads
 from tests import conftest
 from tests import test_reliability
@@ -169,3 +170,54 @@ def test_profile_step_accounts_for_the_step_by_category(tmp_path):
   assert rows["optimizer"] > 0
   assert sum(rows.values()) == pytest.approx(100, abs=len(rows))
 
+
+
+def test_startup_smoke_times_every_phase(tmp_path):
+  output_json = str(tmp_path / "startup.json")
+  stdout = _run_module(
+      "benchmarks.startup",
+      ["--preset=smoke", "--reps=1", "--json_output=" + output_json],
+      tmp_path)
+  with open(output_json) as f:
+    runs = json.load(f)["runs"]
+  for script in ("nextitnet_pretrain", "peterrec_finetune"):
+    (phases,) = runs[script]
+    assert all(phases[p] >= 0 for p in ("interpreter",) + startup.PHASES)
+    # The phases add up to the time to step 2, each counted once.
+    parts = sum(v for k, v in phases.items() if not k.startswith("to "))
+    assert parts == pytest.approx(phases["to step 2"], abs=1e-3)
+    assert phases["to step 1"] < phases["to step 2"]
+  assert "| **to step 1** |" in stdout
+
+
+def test_evaluation_smoke_agrees_with_the_feed_dict_way(tmp_path):
+  output_json = str(tmp_path / "evaluation.json")
+  stdout = _run_module(
+      "benchmarks.evaluation",
+      ["--preset=smoke", "--reps=1", "--eval_batch_size=16",
+       "--max_sequences=64", "--json_output=" + output_json], tmp_path)
+  with open(output_json) as f:
+    records = json.load(f)["records"]
+  by_way = {(r["workload"], r["way"]): r for r in records}
+  # Full ranking is deterministic: both ways rank the same model's scores.
+  assert (by_way["pretrain_full_ranking", "a"]["hr"] ==
+          pytest.approx(by_way["pretrain_full_ranking", "b"]["hr"]))
+  for record in records:
+    assert record["sequences_per_sec"] > 0 and 0 <= record["hr"] <= 1
+  assert "| pretrain_full_ranking |" in stdout
+  assert "| finetune_sampled |" in stdout
+
+
+def test_serving_smoke_reports_three_ways(tmp_path):
+  output_json = str(tmp_path / "serving.json")
+  stdout = _run_module(
+      "benchmarks.serving_latency",
+      ["--preset=smoke", "--reps=1", "--single_calls=5", "--batch_calls=2",
+       "--batch_size=8", "--json_output=" + output_json], tmp_path)
+  with open(output_json) as f:
+    rows = json.load(f)["rows"]
+  assert [r["way"] for r in rows] == ["session", "Predictor", "signature"]
+  for row in rows:
+    assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert row["users_per_sec"] > 0
+  assert "| signature |" in stdout
