@@ -200,7 +200,7 @@ def feed_dict_way(setup, rng):
   session = tf.compat.v1.Session(graph=graph, config=pipeline.own_pools())
   saver.restore(session, setup.checkpoint)
   ranks, window = [], None
-  target_size = setup.metadata["target_vocab_size"]
+  target_size = setup.metadata.get("target_vocab_size")
   for n, rows in enumerate(batches):
     if n == 1:
       window = cpu_monitor.CpuWindow().start()
