@@ -253,6 +253,11 @@ def split_fields(text, what, path="<string>", line_number=0, line=None):
   Returns:
     list of str tokens.
   """
+  if (text and text[0] != "," and text[-1] != "," and ",," not in text and
+      text.replace(",", "").isdigit()):
+    # Numeric ids (nearly every real log): each field is one token of the
+    # regex, with nothing to strip; the same result as the checks below.
+    return text.split(",")
   line = text if line is None else line
   if not text.replace(",", "").strip():
     raise DataFormatError(path, line_number, "empty %s" % what, line)
@@ -367,11 +372,19 @@ class Vocabulary(object):
           self.add(token)
       return self
     counts = collections.Counter()
-    first = {}
     for tokens in token_lists:
-      for token in tokens:
-        counts[token] += 1
-        first.setdefault(token, len(first))
+      counts.update(tokens)
+    return self.fit_counts(counts, min_count, max_size, keep)
+
+  def fit_counts(self, counts, min_count=1, max_size=None, keep=()):
+    """`fit` from token counts listed in order of first appearance.
+
+    Args:
+      counts: mapping token -> count whose iteration order is the order of
+        first appearance (a Counter filled in reading order is).
+      min_count, max_size, keep: as in `fit`.
+    """
+    first = {token: n for n, token in enumerate(counts)}
     wanted = [t for t in first if counts[t] >= min_count or t in keep]
     if max_size is not None:
       room = max(max_size - len(self._tokens), 0)
@@ -498,15 +511,22 @@ def infer_task(targets):
     targets: one list of target tokens per user.
   """
   distinct = len(set(t for row in targets for t in row))
-  if all(len(row) == 1 for row in targets) and (
-      distinct <= MAX_INFERRED_CLASSES):
-    return "classification", ("every line has one target, %d distinct (at "
-                               "most %d)" % (distinct, MAX_INFERRED_CLASSES))
   many = max(len(row) for row in targets) if targets else 0
-  if many > 1:
-    return "recommendation", "some lines have %d targets" % many
+  return infer_task_from_counts(distinct, many)
+
+
+def infer_task_from_counts(num_distinct, max_targets_per_line):
+  """`infer_task` from the number of distinct targets and the most targets
+  on one line (every line has at least one)."""
+  if max_targets_per_line <= 1 and num_distinct <= MAX_INFERRED_CLASSES:
+    return "classification", ("every line has one target, %d distinct (at "
+                               "most %d)" % (num_distinct,
+                                             MAX_INFERRED_CLASSES))
+  if max_targets_per_line > 1:
+    return "recommendation", "some lines have %d targets" % (
+        max_targets_per_line)
   return "recommendation", "%d distinct targets (more than %d)" % (
-      distinct, MAX_INFERRED_CLASSES)
+      num_distinct, MAX_INFERRED_CLASSES)
 
 
 def header_suspect(token_lists, min_lines=3):
@@ -817,13 +837,36 @@ _REQUIRED_KEYS = {
 }
 
 
-def dataset_paths(data_dir, kind):
-  """{role: absolute path} of the files of a converted dataset."""
+def shard_file_name(split, index, num_shards):
+  """`train.tfrecord` (one shard) or `train-00003-of-00016.tfrecord`."""
+  if num_shards <= 1:
+    return "%s.tfrecord" % split
+  return "%s-%05d-of-%05d.tfrecord" % (split, index, num_shards)
+
+
+def shard_file_names(split, num_shards):
+  """The file names of a split written in `num_shards` shards, in order."""
+  return [shard_file_name(split, i, num_shards)
+          for i in range(max(num_shards, 1))]
+
+
+def dataset_paths(data_dir, kind, num_shards=1):
+  """{role: absolute path} of the files of a converted dataset.
+
+  With `num_shards` > 1, "train" and "test" are glob patterns matching the
+  split's shard files (`train-?????-of-00016.tfrecord`); every reader takes
+  a file name, a glob or a list (`resolve_input_files`).
+  """
   data_dir = absolute_path(data_dir)
+  def split_path(split):
+    if num_shards <= 1:
+      return os.path.join(data_dir, shard_file_name(split, 0, 1))
+    return os.path.join(data_dir, "%s-?????-of-%05d.tfrecord" %
+                        (split, num_shards))
   paths = {
       "metadata": os.path.join(data_dir, METADATA_FILE),
-      "train": os.path.join(data_dir, TRAIN_FILE),
-      "test": os.path.join(data_dir, TEST_FILE),
+      "train": split_path("train"),
+      "test": split_path("test"),
       "item_vocab": os.path.join(data_dir, ITEM_VOCAB_FILE),
   }
   if kind == FINETUNE:
@@ -906,9 +949,19 @@ def load_metadata(data_dir):
   missing = [k for k in _REQUIRED_KEYS[kind] if k not in metadata]
   if missing:
     raise DatasetError("%s lacks the keys %s" % (meta_path, missing))
-  paths = dataset_paths(data_dir, kind)
+  num_shards = int(metadata.get("num_shards", 1))
+  paths = dataset_paths(data_dir, kind, num_shards)
   for role, path in sorted(paths.items()):
-    if not tf.io.gfile.exists(path):
+    if role in ("train", "test"):
+      names = shard_file_names(role, num_shards)
+      missing_files = [n for n in names if not tf.io.gfile.exists(
+          os.path.join(data_dir, n))]
+      if missing_files:
+        raise DatasetError("%s lists a %s dataset in %d shard(s), but %s is "
+                           "missing" % (meta_path, kind, num_shards,
+                                        os.path.join(data_dir,
+                                                     missing_files[0])))
+    elif not tf.io.gfile.exists(path):
       raise DatasetError("%s lists a %s dataset, but %s is missing" %
                          (meta_path, kind, path))
   vocab_checks = [("item_vocab", "item_vocab_size", "item_vocab_sha1")]
@@ -944,7 +997,11 @@ def load_metadata(data_dir):
   if kind == FINETUNE and has_user_feature(metadata):
     expected["user"] = 1
   for role in ("train", "test"):
-    _check_first_record(paths[role], expected, meta_path)
+    for name in shard_file_names(role, num_shards):
+      path = os.path.join(data_dir, name)
+      if _first_record(path) is not None:
+        _check_first_record(path, expected, meta_path)
+        break
   metadata = dict(metadata)
   if kind == FINETUNE:
     metadata.setdefault("task", None)  # None: converted before it was kept

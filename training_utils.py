@@ -201,7 +201,7 @@ def find_corrupt_tfrecords(paths):
   only after a DataLossError, to name the file TensorFlow's message omits.
   """
   bad = []
-  for path in paths:
+  for path in data_loader.resolve_input_files(paths):
     count = 0
     try:
       for _ in tf.data.TFRecordDataset(path):

@@ -20,6 +20,7 @@ uses numpy draws per sequence rather than `random.shuffle` of Python lists.
 import numpy as np
 import tensorflow as tf
 
+import data_loader
 from ops import modeling
 from ops import networks
 from benchmarks import pipeline
@@ -27,11 +28,15 @@ from benchmarks import workloads
 
 
 def read_int_records(path, features):
-  """All records of a TFRecord file as numpy int arrays {name: [N, len]}."""
+  """All records of TFRecord file(s) as numpy int arrays {name: [N, len]}.
+
+  `path`: a file name, glob or list (`data_loader.resolve_input_files`).
+  """
   name_to_features = {name: tf.io.FixedLenFeature([length], tf.int64)
                       for name, length in features.items()}
   columns = {name: [] for name in features}
-  for record in tf.compat.v1.io.tf_record_iterator(path):
+  for record in (record for name in data_loader.resolve_input_files(path)
+                 for record in tf.compat.v1.io.tf_record_iterator(name)):
     example = tf.train.Example.FromString(record)
     for name in name_to_features:
       columns[name].append(example.features.feature[name].int64_list.value)

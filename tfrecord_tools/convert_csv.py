@@ -35,10 +35,14 @@ import tensorflow as tf
 
 import data_loader
 from tfrecord_tools import common
+from tfrecord_tools import streaming
 
 OUTPUT_FILES = (data_loader.METADATA_FILE, data_loader.TRAIN_FILE,
                 data_loader.TEST_FILE, data_loader.ITEM_VOCAB_FILE,
                 data_loader.TARGET_VOCAB_FILE)
+SHARD_PATTERNS = ("train-?????-of-?????.tfrecord",
+                  "test-?????-of-?????.tfrecord")
+SPLIT_METHODS = ("permutation", "hash")
 
 
 def _load_item_vocab(path):
@@ -61,6 +65,9 @@ def _check_output_dir(output_dir, fingerprint, overwrite):
         "--output_dir exists and is not a directory: %s" % output_dir)
   present = [n for n in OUTPUT_FILES
              if tf.io.gfile.exists(os.path.join(output_dir, n))]
+  present += [os.path.basename(p) for pattern in SHARD_PATTERNS
+              for p in sorted(tf.io.gfile.glob(os.path.join(output_dir,
+                                                            pattern)))]
   if not present:
     return []
   try:
@@ -79,15 +86,51 @@ def _check_output_dir(output_dir, fingerprint, overwrite):
       (output_dir, described))
 
 
-def _fingerprint(kind, input_csv, options):
+def _fingerprint(kind, input_files, options):
   """What makes two conversions the same dataset (not paths or times)."""
+  sha1s = [data_loader.file_sha1(path) for path in input_files]
   fingerprint = {
       "kind": kind,
-      "input_csv_sha1": data_loader.file_sha1(input_csv),
-      "input_csv_bytes": tf.io.gfile.stat(input_csv).length,
+      "input_csv_sha1": sha1s[0] if len(sha1s) == 1 else sha1s,
+      "input_csv_bytes": sum(tf.io.gfile.stat(path).length
+                             for path in input_files),
   }
   fingerprint.update(options)
   return fingerprint
+
+
+def _input_files(input_csv):
+  """The checked input files of a name, glob or comma-separated list."""
+  if not any(c in input_csv for c in ",*?["):
+    data_loader.check_input_file(input_csv)
+    return [input_csv]
+  files = data_loader.resolve_input_files(input_csv)
+  for path in files:
+    data_loader.check_input_file(path)
+  return files
+
+
+def _read_lines(read, input_files, skip_header):
+  """`read(path, progress_fn, skip_header)` over every input file, joined."""
+  parts = []
+  for path in input_files:
+    progress = common.ProgressLogger("reading %s" % path)
+    parts.append(read(path, progress.lines, skip_header))
+  if isinstance(parts[0], tuple):
+    return tuple(sum((list(p[i]) for p in parts), [])
+                 for i in range(len(parts[0])))
+  return sum(parts, [])
+
+
+def _write_split(out, split, features, lengths, num_shards):
+  """Writes a split's examples into `num_shards` files of consecutive rows."""
+  total = len(next(iter(features.values())))
+  bounds = np.linspace(0, total, max(num_shards, 1) + 1).astype(int)
+  for shard, name in enumerate(data_loader.shard_file_names(split,
+                                                            num_shards)):
+    common.write_examples(out.path(name), {
+        k: v[bounds[shard]:bounds[shard + 1]] for k, v in features.items()},
+                          lengths, split, log_first=3 if shard == 0 else 0)
 
 
 def _warn_if_header(input_csv, token_lists, skip_header):
@@ -99,14 +142,13 @@ def _warn_if_header(input_csv, token_lists, skip_header):
         "header, pass --skip_header", input_csv, ",".join(suspect[:5]))
 
 
-def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
-                      subsession_min_length, pad_token, skip_header,
-                      min_item_count, max_vocab_size):
+def _convert_pretrain(input_files, out, num_shards, test_fraction,
+                      split_seed, subsessions, subsession_min_length,
+                      pad_token, skip_header, min_item_count, max_vocab_size):
   """Reads, splits and writes a pretraining dataset; returns metadata."""
-  progress = common.ProgressLogger("reading %s" % input_csv)
-  sequences = data_loader.read_pretrain_csv(input_csv, progress.lines,
-                                            skip_header)
-  _warn_if_header(input_csv, sequences, skip_header)
+  sequences = _read_lines(data_loader.read_pretrain_csv, input_files,
+                          skip_header)
+  _warn_if_header(input_files[0], sequences, skip_header)
   vocab = data_loader.Vocabulary().fit(
       sequences, min_count=min_item_count, max_size=max_vocab_size or None,
       keep=(pad_token,))
@@ -130,10 +172,8 @@ def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
     train = data_loader.generate_subsessions(train, pad_id,
                                              subsession_min_length)
   lengths = {"itemseq": seq_length}
-  common.write_examples(out.path(data_loader.TRAIN_FILE), {"itemseq": train},
-                        lengths, "train")
-  common.write_examples(out.path(data_loader.TEST_FILE), {"itemseq": test},
-                        lengths, "test")
+  _write_split(out, "train", {"itemseq": train}, lengths, num_shards)
+  _write_split(out, "test", {"itemseq": test}, lengths, num_shards)
   vocab.save(out.path(data_loader.ITEM_VOCAB_FILE))
   return {
       "item_vocab_size": len(vocab),
@@ -149,30 +189,30 @@ def _convert_pretrain(input_csv, out, test_fraction, split_seed, subsessions,
   }
 
 
-def _resolve_task(task, targets):
-  """The task asked for, or the inferred one with a message saying why."""
+def _decide_task(task, inferred):
+  """(task, whether inferred): the task asked for, else `inferred` = (task,
+  reason) with a message saying why."""
   if task is not None:
-    return task
-  task, reason = data_loader.infer_task(targets)
+    return task, False
+  task, reason = inferred
   other = [t for t in data_loader.TASKS if t != task][0]
   logging.warning("task: %s, inferred (%s); pass --task=%s if the targets "
                   "are %s", task, reason, other,
                   "class labels" if other == "classification" else "items")
-  return task
+  return task, True
 
 
-def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
-                      test_fraction, split_seed, split_by, pad_token,
-                      skip_header, task):
+def _convert_finetune(input_files, out, num_shards, item_vocab_path,
+                      refit_source_vocab, test_fraction, split_seed, split_by,
+                      pad_token, skip_header, task):
   """Reads, maps, splits and writes a fine-tuning dataset; returns metadata."""
   pretrain_vocab = (_load_item_vocab(item_vocab_path)
                     if item_vocab_path else None)
-  progress = common.ProgressLogger("reading %s" % input_csv)
-  sources, targets = data_loader.read_finetune_csv(input_csv, progress.lines,
-                                                   skip_header)
-  _warn_if_header(input_csv, sources, skip_header)
-  extra = {"task": _resolve_task(task, targets),
-           "task_inferred": task is None}
+  sources, targets = _read_lines(data_loader.read_finetune_csv, input_files,
+                                 skip_header)
+  _warn_if_header(input_files[0], sources, skip_header)
+  extra = dict(zip(("task", "task_inferred"), _decide_task(
+      task, data_loader.infer_task(targets))))
   if refit_source_vocab:
     item_vocab = data_loader.Vocabulary().fit(sources)
     logging.warning(
@@ -209,14 +249,12 @@ def _convert_finetune(input_csv, out, item_vocab_path, refit_source_vocab,
     train_index, test_index = data_loader.split_train_test(
         np.arange(len(example_targets)), test_fraction, split_seed)
   lengths = {"source": source_length, "target": 1, "user": 1}
-  for name, index in ((data_loader.TRAIN_FILE, train_index),
-                      (data_loader.TEST_FILE, test_index)):
-    common.write_examples(
-        out.path(name), {
-            "source": example_sources[index],
-            "target": example_targets[index].reshape([-1, 1]),
-            "user": example_users[index].reshape([-1, 1]),
-        }, lengths, name.split(".")[0])
+  for split, index in (("train", train_index), ("test", test_index)):
+    _write_split(out, split, {
+        "source": example_sources[index],
+        "target": example_targets[index].reshape([-1, 1]),
+        "user": example_users[index].reshape([-1, 1]),
+    }, lengths, num_shards)
   item_vocab.save(out.path(data_loader.ITEM_VOCAB_FILE))
   target_vocab.save(out.path(data_loader.TARGET_VOCAB_FILE))
   metadata = {
@@ -254,13 +292,16 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
             refit_source_vocab=False, test_fraction=0.2, split_seed=10,
             split_by="row", subsessions=False, subsession_min_length=5,
             pad_token="0", skip_header=False, task=None, min_item_count=1,
-            max_vocab_size=0, overwrite=False, command=None,
+            max_vocab_size=0, split_method="permutation", num_shards=1,
+            num_workers=0, overwrite=False, command=None,
             print_summary=True):
   """Converts a CSV into a TFRecord dataset directory.
 
   Args:
     kind: "pretrain" or "finetune".
-    input_csv: the CSV (plain or gzipped).
+    input_csv: the CSV (plain or gzipped), or several: a glob or a
+      comma-separated list, read as one file in sorted order (each file's
+      first line is skipped with `skip_header`).
     output_dir: created if missing; must not hold a different dataset
       unless `overwrite`.
     item_vocab: finetune: the pretraining `item_vocab.txt` to map sources
@@ -289,6 +330,14 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     max_vocab_size: pretrain: at most this many ids with `<UNK>`, the most
       frequent items kept (0: no cap). Ids stay in order of first
       appearance; the items left out are counted in the metadata.
+    split_method: "permutation", the original's (a seeded permutation of
+      all lines, which holds the whole file in memory), or "hash": two
+      streaming passes, each line's split from a seeded hash of its index,
+      memory bound by the vocabulary (`tfrecord_tools/streaming.py`).
+    num_shards: files per split (`train-00000-of-00016.tfrecord`, ...);
+      1 writes `train.tfrecord` and `test.tfrecord`.
+    num_workers: "hash": processes per pass (0: one per core, at most
+      `num_shards` when writing).
     overwrite: replace whatever dataset `output_dir` holds.
     command: the command to record; None records this Python call.
     print_summary: print a summary to stdout.
@@ -335,6 +384,12 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
           "finetune needs item_vocab (the pretraining item_vocab.txt, so that "
           "source ids match the pretrained model) or refit_source_vocab=True "
           "(the original's behaviour)")
+  if split_method not in SPLIT_METHODS:
+    raise ValueError("split_method must be one of %s, got %r" %
+                     (SPLIT_METHODS, split_method))
+  if num_shards < 1 or num_workers < 0:
+    raise ValueError("num_shards must be >= 1 and num_workers >= 0, got %d "
+                     "and %d" % (num_shards, num_workers))
   if command is None:
     command = common.python_call(
         "tfrecord_tools.convert_csv.convert", kind=kind, input_csv=input_csv,
@@ -343,8 +398,9 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
         split_seed=split_seed, split_by=split_by, subsessions=subsessions,
         subsession_min_length=subsession_min_length, pad_token=pad_token,
         skip_header=skip_header, task=task, min_item_count=min_item_count,
-        max_vocab_size=max_vocab_size)
-  data_loader.check_input_file(input_csv)
+        max_vocab_size=max_vocab_size, split_method=split_method,
+        num_shards=num_shards)
+  input_files = _input_files(input_csv)
   if item_vocab:
     data_loader.check_input_file(item_vocab, "item vocabulary file")
   options = {"test_fraction": test_fraction, "split_seed": split_seed,
@@ -353,6 +409,8 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     options["skip_header"] = True
   if task is not None:
     options["task"] = task
+  if split_method != "permutation" or num_shards != 1:
+    options.update(split_method=split_method, num_shards=num_shards)
   if kind == data_loader.PRETRAIN:
     options.update(subsessions=bool(subsessions),
                    subsession_min_length=subsession_min_length)
@@ -364,24 +422,41 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
                    refit_source_vocab=bool(refit_source_vocab),
                    item_vocab_from_sha1=(data_loader.file_sha1(item_vocab)
                                          if item_vocab else None))
-  fingerprint = _fingerprint(kind, input_csv, options)
+  fingerprint = _fingerprint(kind, input_files, options)
   stale = _check_output_dir(output_dir, fingerprint, overwrite)
 
   with common.AtomicOutputs(output_dir, remove_on_commit=stale) as out:
-    if kind == data_loader.PRETRAIN:
-      metadata = _convert_pretrain(input_csv, out, test_fraction, split_seed,
-                                   subsessions, subsession_min_length,
-                                   pad_token, skip_header, min_item_count,
+    if split_method == "hash":
+      metadata = streaming.convert(
+          kind, input_files, out, num_shards,
+          num_workers or min(os.cpu_count() or 1, 2 * num_shards),
+          test_fraction, split_seed, skip_header, pad_token,
+          split_by=split_by, subsessions=subsessions,
+          subsession_min_length=subsession_min_length,
+          min_item_count=min_item_count, max_vocab_size=max_vocab_size,
+          item_vocab=_load_item_vocab(item_vocab) if item_vocab else None,
+          item_vocab_path=item_vocab, refit_source_vocab=refit_source_vocab,
+          decide_task=lambda distinct, most: _decide_task(
+              task, data_loader.infer_task_from_counts(distinct, most)))
+    elif kind == data_loader.PRETRAIN:
+      metadata = _convert_pretrain(input_files, out, num_shards,
+                                   test_fraction, split_seed, subsessions,
+                                   subsession_min_length, pad_token,
+                                   skip_header, min_item_count,
                                    max_vocab_size)
     else:
-      metadata = _convert_finetune(input_csv, out, item_vocab,
+      metadata = _convert_finetune(input_files, out, num_shards, item_vocab,
                                    refit_source_vocab, test_fraction,
                                    split_seed, split_by, pad_token,
                                    skip_header, task)
+    metadata.setdefault("num_shards", num_shards)
+    metadata.setdefault("split_method", split_method)
     metadata.update({
         "kind": kind,
         "format_version": data_loader.FORMAT_VERSION,
-        "input_csv": data_loader.absolute_path(input_csv),
+        "input_csv": (data_loader.absolute_path(input_files[0])
+                      if len(input_files) == 1 else
+                      [data_loader.absolute_path(p) for p in input_files]),
         "fingerprint": fingerprint,
         "command": command,
     })
@@ -420,8 +495,12 @@ def summary(metadata, output_dir):
     lines.append("  unknown source items: %d occurrences (%d distinct)" %
                  (metadata["num_unknown_items"],
                   metadata["num_unknown_item_types"]))
-  lines.append("  split: test_fraction %g, seed %d" %
-               (metadata["test_fraction"], metadata["split_seed"]))
+  lines.append("  split: test_fraction %g, seed %d, %s; %d shard(s) per "
+               "split" % (metadata["test_fraction"], metadata["split_seed"],
+                          "by a seeded hash of each line" if metadata.get(
+                              "split_method") == "hash" else
+                          "a seeded permutation", metadata.get("num_shards",
+                                                               1)))
   return "\n".join(lines)
 
 
@@ -481,7 +560,8 @@ def define_flags():
   flags.DEFINE_enum("kind", None, list(data_loader.KINDS),
                     "pretrain (`i1,i2,...` lines) or finetune "
                     "(`i1,...,,t1,t2,...` lines).")
-  flags.DEFINE_string("input_csv", None, "The CSV to convert (.gz is fine).")
+  flags.DEFINE_string("input_csv", None, "The CSV to convert (.gz is fine), "
+                      "or several: a glob or a comma-separated list.")
   flags.DEFINE_string("output_dir", None, "Where to write the dataset.")
   flags.DEFINE_string("item_vocab", None,
                       "finetune: the pretraining dataset's item_vocab.txt; "
@@ -513,6 +593,17 @@ def define_flags():
   flags.DEFINE_integer("max_vocab_size", 0, "pretrain: at most this many "
                        "ids (with <UNK>): the most frequent items are kept, "
                        "the rest map to <UNK>; 0: no cap.")
+  flags.DEFINE_enum("split_method", "permutation", list(SPLIT_METHODS),
+                    "permutation: the original's split, a seeded "
+                    "permutation of all lines (holds the file in memory); "
+                    "hash: two streaming passes, each line's split from a "
+                    "seeded hash of its index, memory bound by the "
+                    "vocabulary (for large logs).")
+  flags.DEFINE_integer("num_shards", 1, "Files per split "
+                       "(train-00000-of-00016.tfrecord, ...); 1: "
+                       "train.tfrecord and test.tfrecord.")
+  flags.DEFINE_integer("num_workers", 0, "--split_method=hash: processes "
+                       "per pass; 0: one per core.")
   flags.DEFINE_bool("overwrite", False,
                     "Replace a different dataset already in --output_dir.")
 
@@ -529,7 +620,9 @@ def main(argv):
             subsession_min_length=FLAGS.subsession_min_length,
             pad_token=FLAGS.pad_token, skip_header=FLAGS.skip_header,
             task=FLAGS.task, min_item_count=FLAGS.min_item_count,
-            max_vocab_size=FLAGS.max_vocab_size, overwrite=FLAGS.overwrite,
+            max_vocab_size=FLAGS.max_vocab_size,
+            split_method=FLAGS.split_method, num_shards=FLAGS.num_shards,
+            num_workers=FLAGS.num_workers, overwrite=FLAGS.overwrite,
             command=common.command_line("tfrecord_tools.convert_csv"))
   except (ValueError, OSError) as e:
     sys.exit("error: %s" % e)
