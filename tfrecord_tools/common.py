@@ -83,7 +83,7 @@ class ProgressLogger(object):
   def lines(self, lines_read, bytes_read, total_bytes):
     """A `progress_fn` for `data_loader.iter_text_lines` (ETA by bytes)."""
     now = time.time()
-    if now - self._last >= self._interval:
+    if now - self._last >= self._interval and bytes_read > 0:
       self._last = now
       logging.info(training_utils.progress_line(
           self._what, bytes_read // 1000000, max(total_bytes // 1000000, 1),

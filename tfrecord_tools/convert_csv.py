@@ -336,8 +336,8 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
       memory bound by the vocabulary (`tfrecord_tools/streaming.py`).
     num_shards: files per split (`train-00000-of-00016.tfrecord`, ...);
       1 writes `train.tfrecord` and `test.tfrecord`.
-    num_workers: "hash": processes per pass (0: one per core, at most
-      `num_shards` when writing).
+    num_workers: "hash": processes per pass (0: one per core for inputs
+      of 32 MB or more, else one; at most `num_shards` when writing).
     overwrite: replace whatever dataset `output_dir` holds.
     command: the command to record; None records this Python call.
     print_summary: print a summary to stdout.
@@ -429,7 +429,7 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     if split_method == "hash":
       metadata = streaming.convert(
           kind, input_files, out, num_shards,
-          num_workers or min(os.cpu_count() or 1, 2 * num_shards),
+          num_workers,
           test_fraction, split_seed, skip_header, pad_token,
           split_by=split_by, subsessions=subsessions,
           subsession_min_length=subsession_min_length,
@@ -603,7 +603,8 @@ def define_flags():
                        "(train-00000-of-00016.tfrecord, ...); 1: "
                        "train.tfrecord and test.tfrecord.")
   flags.DEFINE_integer("num_workers", 0, "--split_method=hash: processes "
-                       "per pass; 0: one per core.")
+                       "per pass; 0: one per core (one for inputs under 32 "
+                       "MB).")
   flags.DEFINE_bool("overwrite", False,
                     "Replace a different dataset already in --output_dir.")
 

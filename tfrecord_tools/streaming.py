@@ -303,7 +303,7 @@ def _log_first(logged, split, features, how_many=3):
 _FUNCTIONS = {"count": lambda: _count, "write": lambda: _write}
 
 
-def _worker_main(argv):
+def worker_main(argv):
   """`python -m tfrecord_tools.streaming FUNCTION WORK_DIR WORKER WORKERS`.
 
   Reads the job from WORK_DIR, runs the pass for WORKER, writes progress
@@ -450,6 +450,9 @@ def convert(kind, input_files, out, num_shards, num_workers, test_fraction,
     the metadata entries of the dataset (without the options).
   """
   total_bytes = sum(tf.io.gfile.stat(p).length for p in input_files)
+  if not num_workers:
+    # A worker process costs a few seconds to start (TensorFlow's import).
+    num_workers = (os.cpu_count() or 1) if total_bytes >= 32 << 20 else 1
   job = {"kind": kind, "input_files": list(input_files),
          "skip_header": skip_header}
   started = time.time()
@@ -554,4 +557,4 @@ if __name__ == "__main__":
   # Through the module's own name, so that what it pickles names
   # tfrecord_tools.streaming, not __main__.
   from tfrecord_tools import streaming  # pylint: disable=import-self
-  streaming._worker_main(sys.argv)  # pylint: disable=protected-access
+  streaming.worker_main(sys.argv)
