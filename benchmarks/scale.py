@@ -5,9 +5,10 @@ Conversion: a synthetic pretraining log per size (one line per user,
 `--length` items drawn from a Zipf distribution over `--num_items` items),
 converted by `python -m tfrecord_tools.convert_csv --split_method=hash` as a
 user runs it, in a process of its own. Reported per size: wall time, lines
-per second, and the peak resident memory of the converter's whole process
-tree (its own process and its worker processes, summed, sampled from
-/proc every 0.1 s) and of its largest process.
+per second, and the peak memory of the converter's whole process tree
+(its own process and its worker processes: the proportional set sizes
+summed, sampled from /proc every 0.1 s) and the peak resident set of its
+largest process.
 
 Training (`--training`): `nextitnet_pretrain.py` on the smallest size's
 dataset, as one process and as a local cluster (`distributed.local_cluster`:
@@ -75,8 +76,11 @@ def write_log(path, num_users, num_items, length, exponent, seed=1):
   return path
 
 
-def _tree_rss(pid):
-  """(sum, max) resident bytes of `pid` and its descendants."""
+def _tree_memory(pid):
+  """(proportional set size summed, largest resident set) in bytes of `pid`
+  and its descendants. PSS shares each shared page (TensorFlow's libraries
+  in every worker) among the processes mapping it, so the sum is the
+  memory the tree holds."""
   children = {}
   for entry in os.listdir("/proc"):
     if entry.isdigit():
@@ -91,25 +95,25 @@ def _tree_rss(pid):
     current = todo.pop()
     todo.extend(children.get(current, []))
     try:
-      with open("/proc/%d/status" % current) as f:
-        rss = [int(line.split()[1]) * 1024 for line in f
-               if line.startswith("VmRSS:")]
+      with open("/proc/%d/smaps_rollup" % current) as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
     except OSError:
       continue
-    total += sum(rss)
-    largest = max([largest] + rss)
+    total += int(fields.get("Pss", "0 kB").split()[0]) * 1024
+    largest = max(largest, int(fields.get("Rss", "0 kB").split()[0]) * 1024)
   return total, largest
 
 
 def run_measured(command, log_path, env=None):
-  """Runs `command`; (wall seconds, peak tree RSS, peak process RSS)."""
+  """Runs `command`; (wall seconds, peak PSS of the process tree, peak RSS
+  of its largest process)."""
   with open(log_path, "w") as log:
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log,
                                stderr=subprocess.STDOUT, env=env)
     peak_total = peak_one = 0
     while process.poll() is None:
-      total, one = _tree_rss(process.pid)
+      total, one = _tree_memory(process.pid)
       peak_total, peak_one = max(peak_total, total), max(peak_one, one)
       time.sleep(0.1)
     seconds = time.perf_counter() - started
@@ -141,7 +145,7 @@ def measure_conversion(work_dir, num_users):
   record = {"users": num_users, "csv_bytes": os.path.getsize(csv),
             "seconds": round(seconds, 1),
             "lines_per_sec": round(num_users / seconds),
-            "peak_rss_tree_mb": round(peak_total / 2**20),
+            "peak_pss_tree_mb": round(peak_total / 2**20),
             "peak_rss_process_mb": round(peak_one / 2**20),
             "item_vocab_size": metadata["item_vocab_size"],
             "num_train": metadata["num_train"],
@@ -199,14 +203,14 @@ def main(argv):
   work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="peterrec-scale-")
   os.makedirs(work_dir, exist_ok=True)
   conversions = [measure_conversion(work_dir, int(n)) for n in FLAGS.sizes]
-  print("\n| users | CSV | wall time | lines/s | peak RSS, all processes | "
-        "peak RSS, largest process | item ids |\n|---:|---:|---:|---:|---:|"
-        "---:|---:|")
+  print("\n| users | CSV | wall time | lines/s | peak memory, all processes "
+        "(PSS) | peak RSS, largest process | item ids |\n|---:|---:|---:|"
+        "---:|---:|---:|---:|")
   for r in conversions:
     print("| %s | %.2f GB | %.0f s | %s | %s MB | %s MB | %s |" % (
         "{:,}".format(r["users"]), r["csv_bytes"] / 1e9, r["seconds"],
         "{:,}".format(r["lines_per_sec"]), "{:,}".format(
-            r["peak_rss_tree_mb"]), "{:,}".format(r["peak_rss_process_mb"]),
+            r["peak_pss_tree_mb"]), "{:,}".format(r["peak_rss_process_mb"]),
         "{:,}".format(r["item_vocab_size"])))
   training = []
   if FLAGS.training:

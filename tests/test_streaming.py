@@ -13,6 +13,7 @@ import tensorflow as tf
 import data_loader
 import nextitnet_pretrain as pretrain
 from tfrecord_tools import convert_csv
+from tfrecord_tools import numeric_ids
 from tfrecord_tools import streaming
 
 SEED = 10
@@ -238,3 +239,56 @@ def test_a_sharded_dataset_trains_and_evaluates_every_test_row(tmp_path):
   with pytest.raises(data_loader.DatasetError, match="test-00001-of-00003"):
     data_loader.load_metadata(data_dir)
   shutil.rmtree(data_dir)
+
+
+def test_vector_split_units_equal_the_scalar_ones():
+  keys = list(range(1000)) + [2**40 + 3, 2**62 - 1]
+  assert streaming.split_units(SEED, keys).tolist() == [
+      streaming.split_unit(SEED, k) for k in keys]
+
+
+@pytest.mark.parametrize("texts, ids, fields", [
+    (["1,2,3", "0,0,45"], [1, 2, 3, 0, 0, 45], [3, 3]),
+    (["7"], [7], [1]),
+    (["007,1"], None, None),        # "007" is not the token "7"
+    (["1,,2"], None, None),         # an empty field
+    (["1,2", ""], None, None),      # a blank line
+    (["1, 2"], None, None),         # spaces: the per-line parser strips them
+    (["12a,3"], None, None),
+    (["\u0663,1"], None, None),     # a non-ASCII digit
+    (["123456789,1"], None, None),  # beyond the dense tables
+])
+def test_numeric_block_parsing_takes_only_canonical_ids(texts, ids, fields):
+  parsed = numeric_ids.parse_block(texts)
+  if ids is None:
+    assert parsed is None
+  else:
+    assert parsed[0].tolist() == ids and parsed[1].tolist() == fields
+
+
+def test_numeric_and_per_line_paths_write_the_same_bytes(tmp_path,
+                                                         monkeypatch):
+  sequences = _sequences(700, seed=9, vocab=300)
+  csv = convert_csv.write_pretrain_csv(str(tmp_path / "p.csv"), sequences)
+  with open(csv, "rb") as f, gzip.open(str(tmp_path / "p.csv.gz"), "wb") as g:
+    g.write(f.read())
+  options = dict(split_method="hash", num_shards=4, min_item_count=2,
+                 subsessions=True, print_summary=False)
+  vectorized = convert_csv.convert("pretrain", csv, str(tmp_path / "vector"),
+                                   num_workers=2, **options)
+  convert_csv.convert("pretrain", str(tmp_path / "p.csv.gz"),
+                      str(tmp_path / "gzip"), num_workers=2, **options)
+  monkeypatch.setattr(numeric_ids, "parse_block", lambda lines: None)
+  per_line = convert_csv.convert("pretrain", csv, str(tmp_path / "line"),
+                                 num_workers=1, **options)
+  vectorized.pop("command")
+  per_line.pop("command")  # names the output_dir
+  assert vectorized == per_line
+  names = _files(str(tmp_path / "line"))
+  assert len(names) == 9
+  for other in ("vector", "gzip"):
+    assert _files(str(tmp_path / other)) == names
+    for name in names:
+      with open(str(tmp_path / other / name), "rb") as a, open(
+          str(tmp_path / "line" / name), "rb") as b:
+        assert a.read() == b.read(), (other, name)

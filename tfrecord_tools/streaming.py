@@ -25,6 +25,7 @@ its lines in file order (the training input shuffles). The test split holds
 about, not exactly, `test_fraction` of the lines.
 """
 import collections
+import gzip
 import os
 import pickle
 import shutil
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 from absl import logging
 import numpy as np
@@ -39,6 +41,7 @@ import tensorflow as tf
 
 import data_loader
 from tfrecord_tools import common
+from tfrecord_tools import numeric_ids
 
 _MASK64 = (1 << 64) - 1
 _POLL_SECONDS = 0.5
@@ -62,6 +65,21 @@ def split_unit(seed, *keys):
   for key in keys:
     value = _mix64((value ^ (key + 0x9E3779B97F4A7C15)) & _MASK64)
   return (value >> 11) / float(1 << 53)
+
+
+def _mix64_array(value):
+  """`_mix64` of a uint64 array (numpy's uint64 products wrap mod 2**64)."""
+  value = (value ^ (value >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  value = (value ^ (value >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return value ^ (value >> np.uint64(31))
+
+
+def split_units(seed, keys):
+  """`split_unit(seed, key)` of each int of `keys`: float64 array."""
+  base = np.uint64(_mix64((seed * 0x9E3779B97F4A7C15 + 1) & _MASK64))
+  keys = np.asarray(keys, dtype=np.int64).astype(np.uint64)
+  value = _mix64_array(base ^ (keys + np.uint64(0x9E3779B97F4A7C15)))
+  return (value >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 # ---------------------------------------------------------------------------
@@ -185,15 +203,99 @@ def _count(job, worker, num_workers, progress):
   return {"items": items, "targets": targets, "stats": stats}
 
 
+def _raw_blocks(input_files, skip_header, progress):
+  """(index of the first line, [line bytes]) by blocks of whole lines.
+
+  The vectorized path's reader: lines are split from large reads and not
+  decoded (numeric_ids.parse_block refuses anything but digits and commas;
+  the per-line path, which reads like `iter_text_lines`, takes any other
+  file, blank lines and "\\r\\n" endings included).
+  """
+  sizes = [tf.io.gfile.stat(path).length for path in input_files]
+  index = 0
+  for number, path in enumerate(input_files):
+    before = sum(sizes[:number])
+    raw = (tf.io.gfile.GFile(path, "rb") if data_loader.is_url(path)
+           else open(path, "rb"))
+    try:
+      is_gzip = raw.read(2) == b"\x1f\x8b"
+      raw.seek(0)
+      stream = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
+      rest, skip = b"", skip_header
+      while True:
+        chunk = stream.read(numeric_ids.BLOCK_BYTES)
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop() if chunk else b""
+        if not chunk and lines == [b""]:
+          break
+        if skip and lines:
+          lines, skip = lines[1:], False
+        yield index, lines
+        index += len(lines)
+        progress.update(index, before + raw.tell(), sum(sizes))
+        if not chunk:
+          break
+    except (OSError, EOFError, zlib.error) as e:
+      raise data_loader.DatasetError("cannot read %s: %s" % (path, e))
+    finally:
+      raw.close()
+
+
+def _own_lines(start, lines, owner, num_owners):
+  """(line indices int64, lines) of the lines i with i % num_owners ==
+  owner, from a block whose first line is line `start`."""
+  offset = (owner - start) % num_owners
+  return (np.arange(start + offset, start + len(lines), num_owners,
+                    dtype=np.int64), lines[offset::num_owners])
+
+
+def _count_numeric(job, worker, num_workers, progress):
+  """Pass 1 of a pretraining file of decimal ids, by blocks; {"numeric":
+  False} as soon as a line is not one (the pass is then done per line)."""
+  counts = numeric_ids.Counts()
+  lengths = collections.Counter()
+  stats = {"num_lines": 0, "max_targets": 0, "first_line_shared": False}
+  first_ids = None
+  for start, lines in _raw_blocks(job["input_files"], job["skip_header"],
+                                  progress):
+    if start == 0 and lines:
+      parsed = numeric_ids.parse_block(lines[:1])
+      if parsed is None:
+        return {"numeric": False}
+      first_ids = parsed[0]
+      stats["first_tokens"] = sorted(set(map(str, first_ids.tolist())))[:5]
+    stats["num_lines"] = start + len(lines)
+    indices, own = _own_lines(start, lines, worker, num_workers)
+    if not own:
+      continue
+    parsed = numeric_ids.parse_block(own)
+    if parsed is None:
+      return {"numeric": False}
+    ids, fields = parsed
+    counts.add(indices, ids, fields)
+    lengths.update(dict(zip(*np.unique(fields, return_counts=True))))
+    if not stats["first_line_shared"] and first_ids is not None:
+      others = ids[np.repeat(indices, fields) != 0]
+      stats["first_line_shared"] = bool(np.isin(others, first_ids).any())
+  stats["lengths"] = collections.Counter(
+      {int(k): int(v) for k, v in lengths.items()})
+  stats["max_length"] = max(stats["lengths"]) if stats["lengths"] else 0
+  return {"numeric": True, "items": counts.as_state(), "stats": stats}
+
+
 def _merge_counts(parts):
   """The workers' pass-1 results as one."""
   stats = [p["stats"] for p in parts]
   lengths = collections.Counter()
   for s in stats:
     lengths.update(s["lengths"])
+  numeric = parts[0].get("numeric", False)
   return {
-      "items": merge_first_appearance([p["items"] for p in parts]),
-      "targets": merge_first_appearance([p["targets"] for p in parts]),
+      "numeric": numeric,
+      "items": (numeric_ids.merge if numeric else merge_first_appearance)(
+          [p["items"] for p in parts]),
+      "targets": (collections.Counter() if numeric else
+                  merge_first_appearance([p["targets"] for p in parts])),
       "num_lines": max(s["num_lines"] for s in stats),
       "lengths": lengths,
       "max_length": max(s["max_length"] for s in stats),
@@ -222,7 +324,10 @@ class _ExampleWriter(object):
   def write(self, *features):
     for values, feature in zip(self._values, features):
       values[:] = feature
-    self._writer.write(self._example.SerializeToString())
+    self.write_serialized(self._example.SerializeToString())
+
+  def write_serialized(self, record):
+    self._writer.write(record)
     self.count += 1
 
   def close(self):
@@ -287,6 +392,52 @@ def _write(job, worker, num_workers, progress):
   return counts
 
 
+def _write_numeric(job, worker, num_workers, progress):
+  """Pass 2 of a pretraining file of decimal ids, by blocks: the records of
+  `_write`, byte for byte, vectorized. `num_workers` divides num_shards, so
+  the lines of this worker's shards are every num_workers-th line."""
+  num_shards = job["num_shards"]
+  mine = [s for s in range(num_shards) if s % num_workers == worker]
+  writers = {(split, s): _ExampleWriter(job["paths"][split][s], ["itemseq"])
+             for split in ("train", "test") for s in mine}
+  serializer = numeric_ids.ExampleSerializer("itemseq", tf.train.Example)
+  counts = {"num_train_lines": 0, "first": {}}
+  try:
+    for start, lines in _raw_blocks(job["input_files"], job["skip_header"],
+                                    progress):
+      indices, own = _own_lines(start, lines, worker, num_workers)
+      if not own:
+        continue
+      parsed = numeric_ids.parse_block(own)
+      if parsed is None:
+        raise data_loader.DatasetError(
+            "%s changed during the conversion (pass 2 cannot read a line "
+            "that pass 1 read)" % ", ".join(job["input_files"]))
+      rows = numeric_ids.padded_rows(job["id_table"][parsed[0]], parsed[1],
+                                     job["length"])
+      is_test = split_units(job["split_seed"], indices) < job["test_fraction"]
+      shards = indices % num_shards
+      for shard in mine:
+        for split, selected in (("train", ~is_test), ("test", is_test)):
+          chosen = rows[selected & (shards == shard)]
+          if split == "train":
+            counts["num_train_lines"] += len(chosen)
+            if job["subsessions"] and len(chosen):
+              chosen = data_loader.generate_subsessions(
+                  chosen, job["pad_id"], job["subsession_min_length"],
+                  shuffle=False)
+          for row in chosen[:3].tolist():
+            _log_first(counts["first"], split, {"itemseq": row})
+          writer = writers[split, shard]
+          for record in serializer.serialize(chosen):
+            writer.write_serialized(record)
+  finally:
+    for writer in writers.values():
+      writer.close()
+  counts["records"] = {"%s/%d" % key: w.count for key, w in writers.items()}
+  return counts
+
+
 def _log_first(logged, split, features, how_many=3):
   """Keeps a worker's first examples of each split for the log (the
   permutation converter logs its first ones too)."""
@@ -300,34 +451,56 @@ def _log_first(logged, split, features, how_many=3):
 # ---------------------------------------------------------------------------
 
 
-_FUNCTIONS = {"count": lambda: _count, "write": lambda: _write}
+def _pass(name, job):
+  """The worker function of pass `name` for `job`."""
+  numeric = job.get("numeric", False)
+  if name == "count":
+    return _count_numeric if numeric else _count
+  return _write_numeric if numeric else _write
+
+
+def _run_pass(name, job, worker, num_workers, progress):
+  """(status, value): ("ok", result) or a picklable error."""
+  try:
+    return "ok", _pass(name, job)(job, worker, num_workers, progress)
+  except data_loader.DataFormatError as e:
+    return "format", (e.path, e.line_number, e.reason, e.line)
+  except (data_loader.DatasetError, OSError) as e:
+    return "dataset", str(e)
+
+
+def _write_pickle(path, value):
+  with open(path + ".tmp", "wb") as f:
+    pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+  os.rename(path + ".tmp", path)
 
 
 def worker_main(argv):
-  """`python -m tfrecord_tools.streaming FUNCTION WORK_DIR WORKER WORKERS`.
+  """`python -m tfrecord_tools.streaming WORK_DIR WORKER NUM_WORKERS`.
 
-  Reads the job from WORK_DIR, runs the pass for WORKER, writes progress
-  to its row of WORK_DIR/progress and ("ok", result) or the error to
-  WORK_DIR/result-WORKER (a worker is a process of its own, started
-  afresh: nothing of the caller's main module is imported again).
+  A worker process of a `WorkerPool` (started afresh: nothing of the
+  caller's main module is imported again). It runs the passes the pool
+  puts in WORK_DIR/job-<n>, n = 0, 1, ..., writing progress to its row of
+  WORK_DIR/progress and each result to WORK_DIR/result-<n>-<WORKER>, until
+  WORK_DIR/stop appears.
   """
-  name, work_dir, worker, num_workers = argv[1], argv[2], int(argv[3]), int(
-      argv[4])
-  with open(os.path.join(work_dir, "job"), "rb") as f:
-    job = pickle.load(f)
+  work_dir, worker, num_workers = argv[1], int(argv[2]), int(argv[3])
   shared = np.memmap(os.path.join(work_dir, "progress"), dtype=np.float64,
                      mode="r+", shape=(num_workers, 2))
-  try:
-    result = ("ok", _FUNCTIONS[name]()(job, worker, num_workers,
-                                       _Progress(shared, worker)))
-  except data_loader.DataFormatError as e:
-    result = ("format", (e.path, e.line_number, e.reason, e.line))
-  except (data_loader.DatasetError, OSError) as e:
-    result = ("dataset", str(e))
-  final = os.path.join(work_dir, "result-%d" % worker)
-  with open(final + ".tmp", "wb") as f:
-    pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
-  os.rename(final + ".tmp", final)
+  step = 0
+  while not os.path.exists(os.path.join(work_dir, "stop")):
+    job_path = os.path.join(work_dir, "job-%d" % step)
+    if not os.path.exists(job_path):
+      time.sleep(0.05)
+      continue
+    with open(job_path, "rb") as f:
+      name, job, num_active = pickle.load(f)
+    result = (("idle", None) if worker >= num_active else
+              _run_pass(name, job, worker, num_active,
+                        _Progress(shared, worker)))
+    _write_pickle(os.path.join(work_dir, "result-%d-%d" % (step, worker)),
+                  result)
+    step += 1
 
 
 def _raise_first_error(errors, input_files):
@@ -346,65 +519,97 @@ def _tail(path, size=2000):
     return f.read().decode("utf-8", "replace")
 
 
-def run_workers(name, job, num_workers, what, total_bytes):
-  """The pass `name` ("count" or "write") for every worker w of
-  `num_workers`: `function(job, w, num_workers, progress)`.
+class WorkerPool(object):
+  """Worker processes that run the passes of one conversion.
 
-  One worker runs in this process; more run in processes of their own
-  (`python -m tfrecord_tools.streaming`), while this one logs their
-  progress (done/total MB, lines/s, ETA). Returns the results in worker
-  order; raises the error a single reader would have met first.
+  With one worker everything runs in this process. With more, each is a
+  `python -m tfrecord_tools.streaming` process started once for all the
+  passes (TensorFlow's import costs seconds), while this process logs
+  their progress (done/total MB, lines/s, ETA). Use as a context manager:
+  leaving it stops and, if need be, kills every worker.
   """
-  if num_workers <= 1:
-    return [_FUNCTIONS[name]()(job, 0, 1, _Progress(log_what=what))]
-  work_dir = tempfile.mkdtemp(prefix="peterrec-convert-")
-  processes = []
-  try:
-    with open(os.path.join(work_dir, "job"), "wb") as f:
-      pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
-    shared = np.memmap(os.path.join(work_dir, "progress"), dtype=np.float64,
-                       mode="w+", shape=(num_workers, 2))
+
+  def __init__(self, num_workers):
+    self.num_workers = num_workers
+    self._processes = []
+    self._step = 0
+    self._work_dir = None
+
+  def __enter__(self):
+    if self.num_workers <= 1:
+      return self
+    self._work_dir = tempfile.mkdtemp(prefix="peterrec-convert-")
+    self._shared = np.memmap(os.path.join(self._work_dir, "progress"),
+                             dtype=np.float64, mode="w+",
+                             shape=(self.num_workers, 2))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [root] + [p for p in [env.get("PYTHONPATH")] if p])
-    for worker in range(num_workers):
-      with open(os.path.join(work_dir, "log-%d" % worker), "wb") as log:
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "tfrecord_tools.streaming", name, work_dir,
-             str(worker), str(num_workers)], stdin=subprocess.DEVNULL,
+    for worker in range(self.num_workers):
+      with open(self._log(worker), "wb") as log:
+        self._processes.append(subprocess.Popen(
+            [sys.executable, "-m", "tfrecord_tools.streaming", self._work_dir,
+             str(worker), str(self.num_workers)], stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, env=env))
-    logger = common.ProgressLogger("%s (%d processes)" % (what, num_workers))
-    while any(p.poll() is None for p in processes):
-      for worker, process in enumerate(processes):
-        if process.poll() not in (None, 0):
-          raise data_loader.DatasetError(
-              "%s: worker process %d exited with code %d:\n%s" % (
-                  what, worker, process.returncode,
-                  _tail(os.path.join(work_dir, "log-%d" % worker))))
-      logger.lines(int(shared[:, 1].sum()), int(shared[:, 0].min()),
-                   total_bytes)
-      time.sleep(_POLL_SECONDS)
-    results = []
-    for worker, process in enumerate(processes):
-      path = os.path.join(work_dir, "result-%d" % worker)
-      if process.returncode != 0 or not os.path.exists(path):
-        raise data_loader.DatasetError(
-            "%s: worker process %d exited with code %d:\n%s" % (
-                what, worker, process.returncode,
-                _tail(os.path.join(work_dir, "log-%d" % worker))))
-      with open(path, "rb") as f:
-        results.append(pickle.load(f))
-  finally:
-    for process in processes:
-      if process.poll() is None:
+    return self
+
+  def __exit__(self, *unused):
+    if self._work_dir is None:
+      return False
+    with open(os.path.join(self._work_dir, "stop"), "w"):
+      pass
+    deadline = time.time() + 10
+    for process in self._processes:
+      try:
+        process.wait(timeout=max(deadline - time.time(), 0.1))
+      except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    shutil.rmtree(work_dir, ignore_errors=True)
-  errors = [r for r in results if r[0] != "ok"]
-  if errors:
-    _raise_first_error(errors, job["input_files"])
-  return [value for _, value in results]
+    shutil.rmtree(self._work_dir, ignore_errors=True)
+    return False
+
+  def _log(self, worker):
+    return os.path.join(self._work_dir, "log-%d" % worker)
+
+  def _check_alive(self, what):
+    for worker, process in enumerate(self._processes):
+      if process.poll() is not None:
+        raise data_loader.DatasetError(
+            "%s: worker process %d exited with code %d:\n%s" % (
+                what, worker, process.returncode, _tail(self._log(worker))))
+
+  def run(self, name, job, num_active, what, total_bytes):
+    """Pass `name` ("count" or "write") on workers 0..num_active-1:
+    `function(job, w, num_active, progress)`. Returns their results in
+    worker order; raises the error a single reader would have met first.
+    """
+    if self._work_dir is None:
+      results = [_run_pass(name, job, 0, 1, _Progress(log_what=what))]
+    else:
+      num_active = min(num_active, self.num_workers)
+      step, self._step = self._step, self._step + 1
+      self._shared[:] = 0
+      _write_pickle(os.path.join(self._work_dir, "job-%d" % step),
+                    (name, job, num_active))
+      paths = [os.path.join(self._work_dir, "result-%d-%d" % (step, w))
+               for w in range(self.num_workers)]
+      logger = common.ProgressLogger("%s (%d processes)" % (what,
+                                                            num_active))
+      while not all(os.path.exists(path) for path in paths):
+        self._check_alive(what)
+        active = self._shared[:num_active]
+        logger.lines(int(active[:, 1].min()), int(active[:, 0].min()),
+                     total_bytes)
+        time.sleep(_POLL_SECONDS)
+      results = []
+      for path in paths[:num_active]:
+        with open(path, "rb") as f:
+          results.append(pickle.load(f))
+    errors = [r for r in results if r[0] != "ok"]
+    if errors:
+      _raise_first_error(errors, job["input_files"])
+    return [value for _, value in results]
 
 
 # ---------------------------------------------------------------------------
@@ -439,12 +644,14 @@ def convert(kind, input_files, out, num_shards, num_workers, test_fraction,
             split_seed, skip_header, pad_token, split_by="row",
             subsessions=False, subsession_min_length=5, min_item_count=1,
             max_vocab_size=0, item_vocab=None, item_vocab_path=None,
-            refit_source_vocab=False, decide_task=None):
+            refit_source_vocab=False, decide_task=None, numeric=True):
   """Converts `input_files` into `out` (a common.AtomicOutputs).
 
   Args: as `convert_csv.convert`; `item_vocab` is the loaded pretraining
   Vocabulary read from `item_vocab_path` (or None); `decide_task(
-  num_distinct_targets, max_targets_per_line)` returns (task, inferred).
+  num_distinct_targets, max_targets_per_line)` returns (task, inferred);
+  `numeric` tries the vectorized path of decimal ids (pretraining only:
+  `numeric_ids.py`), which gives the same result.
 
   Returns:
     the metadata entries of the dataset (without the options).
@@ -454,18 +661,81 @@ def convert(kind, input_files, out, num_shards, num_workers, test_fraction,
     # A worker process costs a few seconds to start (TensorFlow's import).
     num_workers = (os.cpu_count() or 1) if total_bytes >= 32 << 20 else 1
   job = {"kind": kind, "input_files": list(input_files),
-         "skip_header": skip_header}
+         "skip_header": skip_header,
+         "numeric": numeric and kind == data_loader.PRETRAIN}
+  with WorkerPool(num_workers) as pool:
+    return _convert(pool, kind, job, out, total_bytes, num_shards,
+                    test_fraction, split_seed, pad_token, split_by,
+                    subsessions, subsession_min_length, min_item_count,
+                    max_vocab_size, item_vocab, item_vocab_path,
+                    refit_source_vocab, decide_task)
+
+
+def _convert(pool, kind, job, out, total_bytes, num_shards, test_fraction,
+             split_seed, pad_token, split_by, subsessions,
+             subsession_min_length, min_item_count, max_vocab_size,
+             item_vocab, item_vocab_path, refit_source_vocab, decide_task):
+  """`convert` with its worker processes: count, fit, write."""
   started = time.time()
-  counts = _merge_counts(run_workers("count", job, num_workers,
-                                     "pass 1/2, counting", total_bytes))
-  _warn_about(kind, counts, input_files, skip_header)
-  finetune = kind == data_loader.FINETUNE
-  metadata = {}
-  if not finetune:
-    vocab = data_loader.Vocabulary().fit_counts(
+  counts = _count_lines(pool, job, total_bytes)
+  _warn_about(kind, counts, job["input_files"], job["skip_header"])
+  metadata = {"num_shards": num_shards, "split_method": "hash"}
+  if kind == data_loader.FINETUNE:
+    metadata.update(
+        item_vocab_from=(None if refit_source_vocab else
+                         data_loader.absolute_path(item_vocab_path)),
+        refit_source_vocab=bool(refit_source_vocab))
+    metadata["task"], metadata["task_inferred"] = decide_task(
+        len(counts["targets"]), counts["max_targets"])
+  # The vocabularies are saved, and the counts of their tokens dropped,
+  # before the writers start: this process then holds only small tables.
+  item_vocab = _fit_vocabularies(
+      job, counts, out, metadata, pad_token, min_item_count, max_vocab_size,
+      item_vocab, refit_source_vocab)
+  job.update(num_shards=num_shards, length=counts["max_length"],
+             paths={split: [out.path(name) for name in
+                            data_loader.shard_file_names(split, num_shards)]
+                    for split in ("train", "test")},
+             split_seed=split_seed, test_fraction=test_fraction,
+             split_by=split_by, subsessions=subsessions,
+             pad_id=metadata["pad_token_id"],
+             subsession_min_length=subsession_min_length)
+  del item_vocab, counts["items"]
+  written = pool.run("write", job, _num_writers(job, pool.num_workers),
+                     "pass 2/2, writing %d shard(s)" % num_shards,
+                     total_bytes)
+  for split in ("train", "test"):
+    for line in written[0]["first"].get(split, []):
+      logging.info("%s example: %s", split, line)
+  logging.info("converted %d lines in %.1f s (%.0f lines/s, %d process(es))",
+               counts["num_lines"], time.time() - started,
+               counts["num_lines"] / max(time.time() - started, 1e-9),
+               pool.num_workers)
+  _add_written_counts(kind, metadata, counts, written)
+  return metadata
+
+
+def _count_lines(pool, job, total_bytes):
+  """Pass 1 (vectorized when it can be) and the merge of its parts."""
+  parts = pool.run("count", job, pool.num_workers, "pass 1/2, counting",
+                   total_bytes)
+  if job["numeric"] and not all(p["numeric"] for p in parts):
+    logging.info("not every field is a decimal id below %d: counting again, "
+                 "line by line", numeric_ids.ID_LIMIT)
+    job["numeric"] = False
+    parts = pool.run("count", job, pool.num_workers, "pass 1/2, counting",
+                     total_bytes)
+  return _merge_counts(parts)
+
+
+def _fit_vocabularies(job, counts, out, metadata, pad_token, min_item_count,
+                      max_vocab_size, item_vocab, refit_source_vocab):
+  """Fits (or takes) the vocabularies, saves them, puts their lookups in
+  `job` and their entries in `metadata`; returns the source vocabulary."""
+  if job["kind"] == data_loader.PRETRAIN:
+    source_vocab = data_loader.Vocabulary().fit_counts(
         counts["items"], min_item_count, max_vocab_size or None,
         keep=(pad_token,))
-    source_vocab = vocab
   elif refit_source_vocab:
     source_vocab = data_loader.Vocabulary().fit_counts(counts["items"])
     if item_vocab is not None:
@@ -480,77 +750,67 @@ def convert(kind, input_files, out, num_shards, num_workers, test_fraction,
     logging.info("%d item occurrences (%d distinct items) are not in the "
                  "item vocabulary and map to id 0", num_unknown,
                  num_unknown_types)
-  pad_id = source_vocab.lookup(pad_token) if pad_token in source_vocab else None
-  paths = {split: [out.path(name) for name in data_loader.shard_file_names(
-      split, num_shards)] for split in ("train", "test")}
-  job.update(num_shards=num_shards, paths=paths, length=counts["max_length"],
-             item_ids={t: source_vocab.lookup(t) for t in counts["items"]},
-             split_seed=split_seed, test_fraction=test_fraction,
-             split_by=split_by, subsessions=subsessions, pad_id=pad_id,
-             subsession_min_length=subsession_min_length)
-  if finetune:
+  if job["numeric"]:
+    job["id_table"] = numeric_ids.id_table(source_vocab, counts["items"])
+  else:
+    job["item_ids"] = {t: source_vocab.lookup(t) for t in counts["items"]}
+  source_vocab.save(out.path(data_loader.ITEM_VOCAB_FILE))
+  metadata.update(
+      item_vocab_size=len(source_vocab), item_vocab_sha1=source_vocab.sha1(),
+      num_unknown_items=int(num_unknown),
+      num_unknown_item_types=int(num_unknown_types),
+      pad_token_id=(source_vocab.lookup(pad_token)
+                    if pad_token in source_vocab else None))
+  if job["kind"] == data_loader.FINETUNE:
     target_vocab = data_loader.Vocabulary().fit_counts(counts["targets"])
     job["target_ids"] = {t: target_vocab.lookup(t) for t in counts["targets"]}
-    metadata["task"], metadata["task_inferred"] = decide_task(
-        len(counts["targets"]), counts["max_targets"])
-  written = run_workers("write", job, min(num_workers, num_shards),
-                        "pass 2/2, writing %d shard(s)" % num_shards,
-                        total_bytes)
-  for split in ("train", "test"):
-    for line in written[0]["first"].get(split, []):
-      logging.info("%s example: %s", split, line)
+    target_vocab.save(out.path(data_loader.TARGET_VOCAB_FILE))
+    target_counts = [0] * len(target_vocab)
+    for token, count in counts["targets"].items():
+      target_counts[target_vocab.lookup(token)] = count
+    metadata.update(target_vocab_size=len(target_vocab),
+                    target_vocab_sha1=target_vocab.sha1(),
+                    target_frequencies=target_counts,
+                    num_examples=sum(target_counts))
+  return source_vocab
+
+
+def _num_writers(job, num_workers):
+  """Pass 2's workers: the vectorized one strides over lines, so their
+  number divides the number of shards."""
+  num_shards = job["num_shards"]
+  if not job["numeric"]:
+    return min(num_workers, num_shards)
+  return max(d for d in range(1, min(num_workers, num_shards) + 1)
+             if num_shards % d == 0)
+
+
+def _add_written_counts(kind, metadata, counts, written):
+  """The metadata entries that count what pass 2 wrote."""
   records = collections.Counter()
   for part in written:
     for key, count in part["records"].items():
       records[key.split("/")[0]] += count
-  logging.info("converted %d lines in %.1f s (%.0f lines/s, %d process(es))",
-               counts["num_lines"], time.time() - started,
-               counts["num_lines"] / max(time.time() - started, 1e-9),
-               num_workers)
-  metadata.update({
-      "item_vocab_size": len(source_vocab),
-      "item_vocab_sha1": source_vocab.sha1(),
-      "num_train": records["train"],
-      "num_test": records["test"],
-      "num_unknown_items": int(num_unknown),
-      "num_unknown_item_types": int(num_unknown_types),
-      "pad_token_id": pad_id,
-      "num_shards": num_shards,
-      "split_method": "hash",
-  })
-  if not finetune:
-    vocab.save(out.path(data_loader.ITEM_VOCAB_FILE))
+  metadata.update(num_train=records["train"], num_test=records["test"])
+  if kind == data_loader.PRETRAIN:
     metadata.update(
         seq_length=counts["max_length"], num_sequences=counts["num_lines"],
         num_train_sequences=sum(p["num_train_lines"] for p in written))
-    return metadata
-  source_vocab.save(out.path(data_loader.ITEM_VOCAB_FILE))
-  target_vocab.save(out.path(data_loader.TARGET_VOCAB_FILE))
+    return
   train_targets = collections.Counter()
   for part in written:
     train_targets.update(part["train_targets"])
-  target_counts = [0] * len(target_vocab)
-  for token, count in counts["targets"].items():
-    target_counts[target_vocab.lookup(token)] = count
   metadata.update({
-      "item_vocab_from": (None if refit_source_vocab else
-                          data_loader.absolute_path(item_vocab_path)),
-      "refit_source_vocab": bool(refit_source_vocab),
-      "target_vocab_size": len(target_vocab),
-      "target_vocab_sha1": target_vocab.sha1(),
       "source_length": counts["max_length"],
       "causal_row_length": counts["max_length"] + 2,
       "noncausal_row_length": counts["max_length"] + 3,
       "max_targets_per_user": counts["max_targets"],
       "num_users": counts["num_lines"],
-      "num_examples": sum(target_counts),
       "num_train_users": sum(p["num_train_users"] for p in written),
       "num_test_users": sum(p["num_test_users"] for p in written),
-      "target_frequencies": target_counts,
-      "train_target_frequencies": [train_targets[i]
-                                   for i in range(len(target_vocab))],
+      "train_target_frequencies": [
+          train_targets[i] for i in range(metadata["target_vocab_size"])],
   })
-  return metadata
 
 
 if __name__ == "__main__":
