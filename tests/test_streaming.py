@@ -292,3 +292,28 @@ def test_numeric_and_per_line_paths_write_the_same_bytes(tmp_path,
       with open(str(tmp_path / other / name), "rb") as a, open(
           str(tmp_path / "line" / name), "rb") as b:
         assert a.read() == b.read(), (other, name)
+
+
+def test_two_trainers_under_tf_config_read_disjoint_shards_covering_train(
+    tmp_path):
+  import training_utils  # pylint: disable=g-import-not-at-top
+  sequences = [[i, i + 1, i + 2] for i in range(1, 301)]  # distinct rows
+  csv = convert_csv.write_pretrain_csv(str(tmp_path / "p.csv"), sequences)
+  metadata = convert_csv.convert("pretrain", csv, str(tmp_path / "data"),
+                                 test_fraction=0.1, split_method="hash",
+                                 num_shards=4, print_summary=False)
+  paths = data_loader.load_metadata(str(tmp_path / "data"))["paths"]
+  everything = _records(paths["train"], ["itemseq"])["itemseq"]
+  assert len(everything) == metadata["num_train"]
+  cluster = {"chief": ["a:1"], "worker": ["b:1"], "ps": ["c:1"]}
+  parts = []
+  for task in (("chief", 0, cluster), ("worker", 0, cluster)):
+    input_fn = data_loader.pretrain_input_fn_builder(
+        paths["train"], metadata["seq_length"], 7, True, seed=1,
+        num_epochs=1, shard=training_utils.training_shard(task),
+        drop_remainder=False)
+    parts.append([row for batch in input_fn({})
+                  for row in batch["itemseq"].numpy().tolist()])
+  assert all(parts)
+  assert not set(map(tuple, parts[0])) & set(map(tuple, parts[1]))
+  assert sorted(parts[0] + parts[1]) == sorted(everything)
