@@ -191,20 +191,25 @@ def write_output_dir_files(output_dir, config, pretrain_config,
                            item_vocab_path):
   """Writes model_config.json, pretrain_config.json, item_vocab.txt.
 
-  Refuses a output_dir that holds a model of another configuration (its
-  checkpoints would not restore into this graph).
+  model_config.json describes the backbone as its checkpoints hold it, for
+  fine-tuning: whole tables (`modeling.unpartitioned`; pretrain_config.json
+  records --num_embedding_partitions). Refuses a output_dir that holds a
+  model of another configuration (its checkpoints would not restore into
+  this graph).
   """
+  config = modeling.unpartitioned(config)
   tf.io.gfile.makedirs(output_dir)
   config_path = os.path.join(output_dir, modeling.CONFIG_FILENAME)
   if tf.io.gfile.exists(config_path):
     existing = modeling.ModelConfig.from_json_file(config_path).to_dict()
     wanted = config.to_dict()
-    # How the graph computes (EXECUTION_FIELDS) does not change the
-    # variables a checkpoint restores.
+    # How the graph computes (EXECUTION_FIELDS) and how its variables are
+    # split (PLACEMENT_FIELDS) do not change what a checkpoint restores.
+    ignored = (modeling.ModelConfig.EXECUTION_FIELDS +
+               modeling.ModelConfig.PLACEMENT_FIELDS)
     differences = ["%s: %r -> %r" % (k, existing.get(k), wanted[k])
                    for k in sorted(wanted)
-                   if k not in modeling.ModelConfig.EXECUTION_FIELDS and
-                   existing.get(k) != wanted[k]]
+                   if k not in ignored and existing.get(k) != wanted[k]]
     old_path = os.path.join(output_dir, PRETRAIN_CONFIG_FILENAME)
     if tf.io.gfile.exists(old_path):
       with tf.io.gfile.GFile(old_path) as reader:
@@ -458,6 +463,10 @@ def _plan(f):
     raise training_utils.RunError(
         "num_sampled must be in [1, item_size=%d), got %d" %
         (config.item_size, num_sampled))
+  if not 0 <= f.num_embedding_partitions <= config.item_size:
+    raise training_utils.RunError(
+        "--num_embedding_partitions must be in [0, item_size=%d], got %d" %
+        (config.item_size, f.num_embedding_partitions))
   num_train_steps = f.num_train_steps or training_utils.num_train_steps(
       hp["num_train_epochs"], metadata["num_train"], hp["train_batch_size"])
   init_checkpoint = f.init_checkpoint or None
@@ -494,6 +503,7 @@ def _pretrain_config(plan, command):
       "tf_random_seed": f.tf_random_seed,
       "deterministic": f.deterministic,
       "init_checkpoint": plan.init_checkpoint,
+      "num_embedding_partitions": f.num_embedding_partitions,
       "data_dir": metadata["data_dir"],
       "data": {k: metadata.get(k) for k in (
           "item_vocab_size", "item_vocab_sha1", "seq_length", "num_train",
@@ -635,10 +645,18 @@ def predict(plan, estimator, eval_input_fn):
   logging.info("wrote %d predictions to %s", count, path)
 
 
+def graph_config(plan):
+  """The ModelConfig the graphs are built with: plan.config (what
+  model_config.json says) split into --num_embedding_partitions parts."""
+  return modeling.partitioned(plan.config,
+                              plan.options.num_embedding_partitions)
+
+
 def _make_estimator(plan):
   f = plan.options
   model_fn = model_fn_builder(
-      plan.config, plan.hparams["softmax"], plan.hparams["learning_rate"],
+      graph_config(plan), plan.hparams["softmax"],
+      plan.hparams["learning_rate"],
       num_sampled=plan.num_sampled, init_checkpoint=plan.init_checkpoint,
       top_k=f.top_k, beta1=f.beta1)
   return training_utils.make_estimator(
@@ -673,7 +691,7 @@ def run(options, command=None):
                  " (--init_checkpoint is only used by a fresh --output_dir)"
                  if plan.init_checkpoint else "")
   logging.info("Model configuration: %s",
-               json.dumps(plan.config.to_dict(), sort_keys=True))
+               json.dumps(graph_config(plan).to_dict(), sort_keys=True))
   logging.info("Pretraining configuration: %s",
                json.dumps(pretrain_config, sort_keys=True))
   estimator = _make_estimator(plan)
@@ -753,6 +771,16 @@ FLAGS_OF_PRETRAINING = script_flags.flag_table("""
     is always evaluated).
 --shuffle_buffer (integer)
     Training shuffle buffer (records).
+--num_embedding_partitions (integer; default: 0)
+    Split the item table allitem_embeddings and the output layer (softmax_w
+    and softmax_b, or the full softmax's logits) into this many variables
+    each, which a parameter-server cluster places on its ps tasks in turn: set
+    it to the number of ps tasks when the tables are too large for one. Their
+    gradients are then sparse (only the rows a step looks up travel). 0 or 1:
+    one variable each, as the original. Checkpoints keep the original names
+    either way (the parts are saved as slices of the whole tensors) and
+    restore into any partitioning; distributed/repartition_checkpoint.py
+    rewrites them as whole tensors or as slices (docs/SCALE.md).
 --chief_waits_for_workers_secs (integer; default: 0)
     Under TF_CONFIG with workers: the chief waits up to this long for a
     worker's first step before its own (short runs otherwise finish on the

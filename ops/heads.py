@@ -11,24 +11,28 @@ TARGET_L2_SCALE = 0.02
 SAMPLED_SOFTMAX_IMPLEMENTATIONS = ("tf", "split")
 
 
-def softmax_variables(item_size, width, with_bias=True):
+def softmax_variables(item_size, width, with_bias=True, partitions=1):
   """The sampled-softmax output layer `softmax_w`, `softmax_b`.
 
   `softmax_w` [item_size, width] ~ normal(0, 0.01); `softmax_b` [item_size]
   constant 0.1. The non-causal PeterRec graph of the original creates
-  `softmax_w` only (`with_bias=False`).
+  `softmax_w` only (`with_bias=False`). With `partitions` > 1 each is that
+  many variables of consecutive rows (`layers.row_partitioner`), which
+  every function here accepts in place of the whole one.
 
   Returns:
     (softmax_w, softmax_b or None).
   """
   softmax_w = tf.compat.v1.get_variable(
       "softmax_w", [item_size, width], tf.float32,
-      tf.compat.v1.random_normal_initializer(0.0, 0.01))
+      tf.compat.v1.random_normal_initializer(0.0, 0.01),
+      partitioner=layers.row_partitioner(partitions))
   softmax_b = None
   if with_bias:
     softmax_b = tf.compat.v1.get_variable(
         "softmax_b", [item_size], tf.float32,
-        tf.compat.v1.constant_initializer(0.1))
+        tf.compat.v1.constant_initializer(0.1),
+        partitioner=layers.row_partitioner(partitions))
   return softmax_w, softmax_b
 
 
@@ -48,7 +52,8 @@ def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
   Args:
     hidden: float32 Tensor [N, width], one row per predicted position.
     labels: int Tensor [N], the true item of each row.
-    softmax_w: [item_size, width]; softmax_b: [item_size].
+    softmax_w: [item_size, width]; softmax_b: [item_size] (either can be
+      partitioned in row blocks, see `softmax_variables`).
     num_sampled: int, negatives per batch.
     seed: optional op seed of the sampler.
     implementation: one of SAMPLED_SOFTMAX_IMPLEMENTATIONS. "tf" calls
@@ -69,7 +74,7 @@ def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
     raise ValueError("Unknown sampled softmax implementation %r, expected "
                      "one of %s" % (implementation,
                                     SAMPLED_SOFTMAX_IMPLEMENTATIONS))
-  item_size = int(softmax_w.shape[0])
+  item_size = sum(int(part.shape[0]) for part in layers.shards(softmax_w))
   labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
   if implementation == "split":
     sampled_values = tf.random.log_uniform_candidate_sampler(
@@ -79,9 +84,11 @@ def sampled_softmax_loss(hidden, labels, softmax_w, softmax_b, num_sampled,
         hidden, labels, softmax_w, softmax_b, sampled_values,
         embedding_gradients=embedding_gradients, towers=towers)
   else:
+    # "div": row blocks, the layout of partitioned variables (the same
+    # lookup for a whole variable).
     losses = tf.compat.v1.nn.sampled_softmax_loss(
         softmax_w, softmax_b, labels, hidden, num_sampled, item_size,
-        seed=seed)
+        seed=seed, partition_strategy="div")
   return tf.reduce_mean(losses)
 
 
@@ -156,19 +163,24 @@ def _sampled_softmax_rows(hidden, labels, true_logits, sampled, sampled_w,
   return row_max + tf.math.log(sum_exp) - true_logits
 
 
-def full_softmax_logits(hidden, item_size, conv_implementation="atrous"):
+def full_softmax_logits(hidden, item_size, conv_implementation="atrous",
+                        partitions=1):
   """The full-softmax head: a 1x1 conv `logits` on relu(hidden).
 
   Args:
     hidden: float32 Tensor [batch_size, seq_length, width].
     item_size: int.
+    partitions: `logits/weight` [1, 1, width, item_size] and `logits/bias`
+      [item_size] split along the items into this many variables (0 or 1:
+      whole, the original).
 
   Returns:
     float32 Tensor [batch_size, seq_length, item_size].
   """
   return layers.conv1d(tf.nn.relu(hidden), item_size, name="logits",
                        implementation=conv_implementation,
-                       reuse=tf.compat.v1.AUTO_REUSE)
+                       reuse=tf.compat.v1.AUTO_REUSE,
+                       output_partitions=partitions)
 
 
 def full_softmax_loss(logits, labels):
@@ -183,9 +195,13 @@ def full_softmax_loss(logits, labels):
 
 
 def output_logits(vectors, softmax_w, softmax_b):
-  """vectors @ softmax_w^T + softmax_b: float32 [N, item_size] from [N, width]."""
-  return tf.nn.bias_add(tf.matmul(vectors, softmax_w, transpose_b=True),
-                        softmax_b)
+  """vectors @ softmax_w^T + softmax_b: float32 [N, item_size] from [N, width].
+
+  Partitioned `softmax_w`/`softmax_b` are concatenated first.
+  """
+  return tf.nn.bias_add(
+      tf.matmul(vectors, layers.whole(softmax_w), transpose_b=True),
+      layers.whole(softmax_b))
 
 
 def gather_indexes(sequence, positions):

@@ -74,8 +74,15 @@ def gather(params, indices, gradient="sparse", name=None):
   exactly the dense formula), up to float32 rounding, and costs fewer
   passes over the table.
 
+  A table partitioned along its rows (a PartitionedVariable, or a list of
+  row blocks, see `row_partitioner`) is looked up with
+  `tf.nn.embedding_lookup`'s "div" strategy, which is the row layout of
+  TensorFlow's partitioners: each block gathers its own rows (next to the
+  block, on its parameter server) and gets its own gradient, IndexedSlices
+  ("sparse") or a dense Tensor of the block's shape ("dense").
+
   Args:
-    params: a variable or Tensor [num_rows, ...].
+    params: a variable or Tensor [num_rows, ...], or its row blocks.
     indices: int Tensor of any shape, or a list of them (several lookups
       from the same table share one dense gradient).
     gradient: one of EMBEDDING_GRADIENTS.
@@ -89,12 +96,60 @@ def gather(params, indices, gradient="sparse", name=None):
                      (gradient, EMBEDDING_GRADIENTS))
   many = isinstance(indices, (list, tuple))
   index_list = list(indices) if many else [indices]
-  if gradient == "sparse":
+  blocks = shards(params)
+  if len(blocks) > 1:
+    if gradient == "dense":
+      blocks = [_with_dense_gradient(block) for block in blocks]
+    rows = [tf.nn.embedding_lookup(blocks, i, name=name) for i in index_list]
+  elif gradient == "sparse":
     rows = [tf.nn.embedding_lookup(params, i, name=name) for i in index_list]
   else:
     table = _with_dense_gradient(params)
     rows = [tf.gather(table, i, name=name) for i in index_list]
   return rows if many else rows[0]
+
+
+def shards(table):
+  """The variables holding `table`: [table], or its partitions in order.
+
+  Args:
+    table: a Variable or Tensor; or a partitioned one (what
+      `tf.compat.v1.get_variable(..., partitioner=...)` returns for more
+      than one part) or a list of its parts.
+
+  Returns:
+    list of Variables or Tensors.
+  """
+  if isinstance(table, (list, tuple)):
+    return list(table)
+  if isinstance(table, tf.Variable) or tf.is_tensor(table):
+    return [table]
+  return list(table)  # a PartitionedVariable iterates over its parts
+
+
+def row_partitioner(partitions, axis=0):
+  """`tf.compat.v1.fixed_size_partitioner(partitions, axis)`, or None for
+  0 or 1 partitions (one whole variable, as the original).
+
+  The parts hold consecutive blocks along `axis`, the first
+  `size % partitions` of them one row longer (the layout the Saver records
+  and `tf.nn.embedding_lookup`'s "div" strategy reads).
+  """
+  if partitions < 0:
+    raise ValueError("partitions must be >= 0, got %d" % partitions)
+  if partitions <= 1:
+    return None
+  return tf.compat.v1.fixed_size_partitioner(partitions, axis=axis)
+
+
+def whole(variable, axis=0):
+  """A variable as one Tensor: a partitioned one concatenated, a list of
+  parts concatenated along `axis`; a whole variable unchanged."""
+  if isinstance(variable, (list, tuple)):
+    return variable[0] if len(variable) == 1 else tf.concat(variable, axis)
+  if len(shards(variable)) > 1:
+    return tf.convert_to_tensor(variable)  # a PartitionedVariable's concat
+  return variable
 
 
 @tf.custom_gradient
@@ -128,7 +183,7 @@ def split_rows(tensor, towers):
 
 def conv1d(inputs, output_channels, dilation=1, kernel_size=1, causal=False,
            name="dilated_conv", implementation="atrous", reuse=None,
-           time_major=False):
+           time_major=False, output_partitions=1):
   """Dilated 1-D convolution over the time axis (original `ops.conv1d`).
 
   Variables, in scope `name`: `weight` [1, kernel_size, C_in, output_channels]
@@ -150,6 +205,9 @@ def conv1d(inputs, output_channels, dilation=1, kernel_size=1, causal=False,
     time_major: `inputs` (and the result) are [seq_length, batch_size, C]
       instead. "matmul" works time-major (and transposes batch-major
       inputs); "atrous" and "conv2d" transpose time-major inputs.
+    output_partitions: `weight` and `bias` split along the output channels
+      into this many variables (`row_partitioner`; 0 or 1: one each), put
+      together for the convolution. Checkpoints keep the full names.
 
   Returns:
     float32 Tensor [batch_size, seq_length, output_channels] (time-major:
@@ -160,13 +218,15 @@ def conv1d(inputs, output_channels, dilation=1, kernel_size=1, causal=False,
                      (implementation, CONV_IMPLEMENTATIONS))
   in_channels = inputs.shape[-1]
   with tf.compat.v1.variable_scope(name, reuse=reuse):
-    weight = tf.compat.v1.get_variable(
+    weight = whole(tf.compat.v1.get_variable(
         "weight", [1, kernel_size, in_channels, output_channels],
         initializer=tf.compat.v1.truncated_normal_initializer(
-            stddev=0.02, seed=1))
-    bias = tf.compat.v1.get_variable(
+            stddev=0.02, seed=1),
+        partitioner=row_partitioner(output_partitions, axis=3)))
+    bias = whole(tf.compat.v1.get_variable(
         "bias", [output_channels],
-        initializer=tf.compat.v1.constant_initializer(0.0))
+        initializer=tf.compat.v1.constant_initializer(0.0),
+        partitioner=row_partitioner(output_partitions)))
 
     if kernel_size == 1 and implementation == "matmul":
       # A 1x1 convolution is a product over rows, in either layout.

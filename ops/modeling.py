@@ -39,11 +39,19 @@ class ModelConfig:
   towers: int = 0
   # see ops.heads.SAMPLED_SOFTMAX_IMPLEMENTATIONS; "tf" is the original
   softmax_implementation: str = "split"
+  # Variables the item-sized tables are split into (see `partitioned`):
+  # 0 or 1 = one variable each, the original.
+  embedding_partitions: int = 1
 
   # Fields that choose how the graph computes, not what it computes or which
   # variables it has: a checkpoint restores whatever their values.
   EXECUTION_FIELDS = ("conv_implementation", "layer_norm_implementation",
                       "embedding_gradients", "towers", "softmax_implementation")
+  # Fields that choose how the item-sized variables are split over
+  # parameter servers: the graph has other variables (`name/part_<i>`), but
+  # a checkpoint holds the same full tensors, and restores, whatever their
+  # values.
+  PLACEMENT_FIELDS = ("embedding_partitions",)
 
   @property
   def hidden_size(self):
@@ -81,14 +89,56 @@ ORIGINAL_EXECUTION = dict(conv_implementation="atrous",
                           softmax_implementation="tf")
 
 
-def item_embedding_table(item_size, channels, name="allitem_embeddings"):
+def partitioned(config, partitions):
+  """`config` with its item-sized tables split into `partitions` variables.
+
+  The item table `allitem_embeddings` and the pretraining output layer
+  (`softmax_w`, `softmax_b`, or the full softmax's `logits/weight` and
+  `logits/bias`) become `partitions` variables each, consecutive blocks of
+  rows (output channels for `logits/weight`), made by
+  `tf.compat.v1.fixed_size_partitioner`; a parameter-server cluster puts
+  them on its ps tasks in turn. The Saver stores the parts as slices of one
+  tensor under the original name, so checkpoints restore into any
+  partitioning (networks.PARTITION_AXES lists the split variables). Their
+  gradients become sparse (IndexedSlices): a training step then moves only
+  the rows it looks up between the trainers and the parameter servers (a
+  dense gradient reads every part whole). The values computed are the same.
+
+  Args:
+    config: ModelConfig.
+    partitions: int; 0 or 1 leaves `config` as it is.
+
+  Returns:
+    ModelConfig.
+  """
+  if partitions < 0:
+    raise ValueError("partitions must be >= 0, got %d" % partitions)
+  if partitions <= 1:
+    return config
+  if partitions > config.item_size:
+    raise ValueError("cannot split %d items into %d partitions" %
+                     (config.item_size, partitions))
+  return config.replace(embedding_partitions=partitions,
+                        embedding_gradients="sparse")
+
+
+def unpartitioned(config):
+  """`config` without partitions: the whole tables a checkpoint holds."""
+  return config.replace(embedding_partitions=1)
+
+
+def item_embedding_table(item_size, channels, name="allitem_embeddings",
+                         partitions=1):
   """The item embedding table `allitem_embeddings` [item_size, channels].
 
-  Truncated normal, stddev 0.02, unseeded (as the original).
+  Truncated normal, stddev 0.02, unseeded (as the original). With
+  `partitions` > 1, that many variables `allitem_embeddings/part_<i>` of
+  consecutive rows (see `partitioned`).
   """
   return tf.compat.v1.get_variable(
       name, [item_size, channels],
-      initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.02))
+      initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.02),
+      partitioner=layers.row_partitioner(partitions))
 
 
 def positional_embedding(batch_size, seq_length, max_position, channels):
@@ -161,14 +211,16 @@ def backbone(item_ids, config, patch=None, cardinality=1, embedding_table=None):
     patch: None, "serial" or "parallel" (PeterRec model patches).
     cardinality: branches of each patch.
     embedding_table: optional existing `allitem_embeddings` variable; created
-      at the current scope when None.
+      at the current scope when None (in config.embedding_partitions parts).
 
   Returns:
     (hidden, embedding_table): hidden is float32
     [batch_size, seq_length, config.hidden_size], the output of the last block.
   """
   if embedding_table is None:
-    embedding_table = item_embedding_table(config.item_size, config.channels)
+    embedding_table = item_embedding_table(
+        config.item_size, config.channels,
+        partitions=config.embedding_partitions)
   hidden = layers.gather(embedding_table, item_ids,
                          gradient=config.embedding_gradients,
                          name="context_embedding")

@@ -11,6 +11,16 @@ from ops import layers
 from ops import modeling
 
 SOFTMAX_TYPES = ("sampled", "full")
+# The variables ModelConfig.embedding_partitions splits, with the axis they
+# are split along (their Adam slots are split the same way): the item
+# table and every pretraining output layer (modeling.partitioned).
+PARTITION_AXES = {
+    "allitem_embeddings": 0,
+    "softmax_w": 0,
+    "softmax_b": 0,
+    "logits/weight": 3,
+    "logits/bias": 0,
+}
 # Fewest predicted positions per tower of the sampled-softmax head.
 MIN_HEAD_TOWER_ROWS = 64
 
@@ -19,8 +29,9 @@ def pretrain_output_layer(config, softmax):
   """Creates the pretraining output variables.
 
   sampled: `softmax_w` [item_size, width], `softmax_b` [item_size] (the
-  default script and the GRec checkpoint). full: none here; the 1x1 conv
-  `logits` is created on first use (the authors' NextItNet demo checkpoint).
+  default script and the GRec checkpoint), in config.embedding_partitions
+  parts. full: none here; the 1x1 conv `logits` is created on first use
+  (the authors' NextItNet demo checkpoint).
 
   Returns:
     (softmax_w, softmax_b), or None for the full softmax.
@@ -29,7 +40,8 @@ def pretrain_output_layer(config, softmax):
     raise ValueError("softmax must be one of %s, got %r" %
                      (SOFTMAX_TYPES, softmax))
   if softmax == "sampled":
-    return heads.softmax_variables(config.item_size, config.hidden_size)
+    return heads.softmax_variables(config.item_size, config.hidden_size,
+                                   partitions=config.embedding_partitions)
   return None
 
 
@@ -49,7 +61,8 @@ def item_logits(vectors, config, output_layer):
     return heads.output_logits(vectors, softmax_w, softmax_b)
   logits = heads.full_softmax_logits(
       tf.expand_dims(vectors, 1), config.item_size,
-      conv_implementation=config.conv_implementation)
+      conv_implementation=config.conv_implementation,
+      partitions=config.embedding_partitions)
   return tf.reshape(logits, [-1, config.item_size])
 
 
@@ -146,7 +159,18 @@ def peterrec_user_vectors(context, config, patch, cardinality=1,
 
   Returns:
     (user_vectors [batch_size, width], hidden [batch_size, seq_length, width]).
+
+  Raises:
+    ValueError: config.embedding_partitions > 1. Fine-tuning runs in one
+      process and selects variables by name; it builds whole tables (a
+      partitioned pretraining checkpoint restores into them as it is).
   """
+  if config.embedding_partitions > 1:
+    raise ValueError(
+        "the fine-tuning graph builds whole item tables, got "
+        "ModelConfig.embedding_partitions=%d: partitioning is a pretraining "
+        "option (its checkpoints restore unpartitioned as they are); use "
+        "modeling.unpartitioned(config)" % config.embedding_partitions)
   hidden, _ = modeling.backbone(context, config, patch=patch,
                                 cardinality=cardinality)
   if not config.causal:
