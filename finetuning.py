@@ -803,6 +803,38 @@ def plan_training_rows(metadata, options):
   return plan
 
 
+def trainer_rows(row_mask, num_rows, shard):
+  """One trainer's part of the training rows, as a row mask.
+
+  The rows `row_mask` keeps (every row of the `num_rows` when None), in file
+  order, dealt out in turn: trainer i of n gets the i-th, (i + n)-th, ...
+  of them. So the shard is taken after the mask: the trainers' parts are
+  disjoint and together exactly the masked rows.
+
+  Args:
+    row_mask: None or a bool array [num_rows] (plan_training_rows).
+    num_rows: records in the training split.
+    shard: None, or (index, count) (training_utils.training_shard).
+
+  Returns:
+    `row_mask` itself without a shard (or with one trainer), else a bool
+    array [num_rows].
+  """
+  if shard is None or shard[1] <= 1:
+    return row_mask
+  index, count = shard
+  if not 0 <= index < count:
+    raise ValueError("shard index %d is not in [0, %d)" % (index, count))
+  keep = (np.ones([num_rows], dtype=bool) if row_mask is None
+          else np.asarray(row_mask, dtype=bool))
+  if len(keep) != num_rows:
+    raise ValueError("row_mask has %d rows, the training split %d" %
+                     (len(keep), num_rows))
+  mine = np.zeros([num_rows], dtype=bool)
+  mine[np.flatnonzero(keep)[index::count]] = True
+  return mine
+
+
 def test_summary(options, setup, metadata, results, reference, plan=None,
                  validation=None):
   """What metrics.json records about a test evaluation.

@@ -14,6 +14,14 @@ whole test split.
 Outputs in --output_dir: checkpoints (the best validated one in `best/`),
 `parameters.json`, `metrics.json`, `task_patch/` (only what the task
 trained) and, on request, a SavedModel and `predictions.jsonl`.
+
+Under TF_CONFIG the same command runs one task of a parameter-server cluster
+(`tf.estimator.train_and_evaluate`, as nextitnet_pretrain.py; docs/SCALE.md):
+the variables live on the ps tasks, the chief restores the backbone once and
+checkpoints, the chief and the workers train on disjoint parts of the
+training rows, and the evaluator validates each checkpoint (keeping the best
+in `best/`), then writes the outputs above as one process does. Early
+stopping is single-process only.
 """
 import json
 import os
@@ -38,6 +46,12 @@ TASK_PATCH_EVAL_DIR = "task_patch_eval"
 # A user's mistakes: a one-line `error: ...` exit (programming errors raise).
 USER_ERRORS = (finetuning.CompatibilityError, data_loader.DatasetError,
            training_utils.RunError)
+# Under TF_CONFIG with workers the chief waits up to this long for a worker's
+# first step before its own: the Estimator starts worker i 5 (i + 1) s late,
+# and a fine-tuning run is short enough for the chief to finish alone.
+CHIEF_WAITS_FOR_WORKERS_SECS = 120
+# Under TF_CONFIG the evaluator looks for a new checkpoint this often.
+EVALUATOR_POLL_SECS = 1
 
 
 # ---------------------------------------------------------------------------
@@ -123,15 +137,22 @@ def _predict_spec(user, table, target, k):
 
 
 def input_fn_builder(f, setup, metadata, split="test", row_mask=None,
-                     is_training=False):
+                     is_training=False, shard=None):
   """The input_fn of one split (its `row_mask` rows).
 
   Training: shuffled, repeated batches of f.train_batch_size with one
   training negative (f.sampler). Evaluation: one pass in file order, the
-  last batch kept, the evaluation negatives seeded by f.eval_seed.
+  last batch kept, the evaluation negatives seeded by f.eval_seed. `shard`
+  (index, count): one trainer of a cluster, which reads its part of the
+  `row_mask` rows (finetuning.trainer_rows) in its own order (seed +
+  index).
   """
   sampled = setup.task == "recommendation" and f.eval == "sampled"
   num_negatives = 1 if is_training or not sampled else f.num_eval_negatives
+  seed = f.seed if is_training else f.eval_seed
+  if shard is not None:
+    row_mask = finetuning.trainer_rows(row_mask, metadata["num_train"], shard)
+    seed = None if seed is None else seed + shard[0]
   return data_loader.finetune_input_fn_builder(
       metadata["paths"][split], metadata["source_length"],
       setup.config.causal,
@@ -143,7 +164,7 @@ def input_fn_builder(f, setup, metadata, split="test", row_mask=None,
       target_frequencies=metadata.get("train_target_frequencies",
                                       metadata["target_frequencies"]),
       rho=f.rho, distinct_negatives=f.distinct_negatives and num_negatives > 1,
-      seed=f.seed if is_training else f.eval_seed, row_mask=row_mask,
+      seed=seed, row_mask=row_mask,
       cls_at_start=setup.cls_position == "start")
 
 
@@ -159,14 +180,8 @@ def _checked_options(options):
       "num_train_steps", "num_train_epochs", "train_batch_size",
       "eval_batch_size", "eval_every_steps", "num_labelled_users")})
   training_utils.set_process_threads(f.intra_op_threads, f.inter_op_threads)
-  cluster_task = training_utils.tf_config_task()
-  if cluster_task is not None and f.do_train:
-    # Estimator.train under TF_CONFIG would wait for a cluster that nothing
-    # here starts; only nextitnet_pretrain.py runs train_and_evaluate.
-    raise finetuning.CompatibilityError(
-        "TF_CONFIG is set (%s task %d), but fine-tuning trains in one process "
-        "(the backbone is frozen: a step costs a few percent of pretraining); "
-        "unset TF_CONFIG" % cluster_task[:2])
+  training_utils.check_cluster_run(training_utils.tf_config_task(),
+                                   f.do_train, f.do_eval)
   training_utils.check_writable_dir(f.output_dir, "--output_dir")
   return script_flags.with_seeds(f)
 
@@ -180,8 +195,24 @@ def _load_dataset(data_dir):
   return metadata
 
 
-def _make_estimator(f, setup, metadata):
-  """(Estimator, its model_dir)."""
+def _training_plan(f, metadata):
+  """(the plan of training rows, the number of training steps)."""
+  if metadata["num_train"] == 0:
+    raise finetuning.CompatibilityError("the training split of %s is empty"
+                                        % f.data_dir)
+  plan = finetuning.plan_training_rows(metadata, f)
+  num_steps = f.num_train_steps or training_utils.num_train_steps(
+      f.num_train_epochs, plan["num_train"], f.train_batch_size)
+  return plan, num_steps
+
+
+def _validation_every(f, num_steps):
+  return f.eval_every_steps or max(1, num_steps // 10)
+
+
+def _make_estimator(f, setup, metadata, checkpoint_every=None):
+  """(Estimator, its model_dir); `checkpoint_every`: at most this many
+  steps between checkpoints (the cluster's validation cadence)."""
   model_fn = model_fn_builder(
       setup.config, setup.init_checkpoint, setup.method, setup.insertion,
       setup.cardinality, setup.task, metadata["target_vocab_size"],
@@ -201,7 +232,9 @@ def _make_estimator(f, setup, metadata):
     if tf_random_seed is None:
       tf_random_seed = setup.patch_description.get("tf_random_seed")
   estimator = training_utils.make_estimator(
-      model_fn, model_dir, save_checkpoints_steps=f.save_checkpoints_steps,
+      model_fn, model_dir, save_checkpoints_steps=min(
+          f.save_checkpoints_steps, checkpoint_every or
+          f.save_checkpoints_steps),
       save_summary_steps=f.save_summary_steps,
       keep_checkpoint_max=f.keep_checkpoint_max,
       tf_random_seed=tf_random_seed, intra_op_threads=f.intra_op_threads,
@@ -209,35 +242,82 @@ def _make_estimator(f, setup, metadata):
   return estimator, model_dir
 
 
-def train(f, setup, metadata, estimator):
-  """Trains with periodic validation; returns the plan of training rows."""
-  if metadata["num_train"] == 0:
-    raise finetuning.CompatibilityError("the training split of %s is empty"
-                                        % f.data_dir)
-  plan = finetuning.plan_training_rows(metadata, f)
-  num_steps = f.num_train_steps or training_utils.num_train_steps(
-      f.num_train_epochs, plan["num_train"], f.train_batch_size)
+def train(f, setup, metadata, estimator, plan, num_steps, cluster_task=None):
+  """Trains with periodic validation; returns the plan of training rows.
+
+  One process: the validation runs in the training session
+  (BestCheckpointHook: every --eval_every_steps, early stopping). Under
+  TF_CONFIG: train_and_evaluate; this trainer reads its shard of the
+  training rows, and the evaluator validates each checkpoint
+  (BestCheckpointExporter), or evaluates the test split when there is no
+  validation split.
+  """
   hooks = [training_utils.ProgressHook(
       "total_loss:0", f.train_batch_size, f.log_step_count_steps, num_steps,
       estimator.model_dir)]
+  validation_input_fn = None
   if plan["validation_mask"] is not None:
+    validation_input_fn = input_fn_builder(f, setup, metadata, split="train",
+                                           row_mask=plan["validation_mask"])
+  metric = finetuning.selection_metric(setup.task, f.selection_metric,
+                                       f.top_k)
+  best_dir = os.path.join(f.output_dir, finetuning.BEST_DIR)
+  if cluster_task is None and validation_input_fn is not None:
     hooks.append(training_utils.BestCheckpointHook(
-        estimator, input_fn_builder(f, setup, metadata, split="train",
-                                    row_mask=plan["validation_mask"]),
-        every_n_steps=f.eval_every_steps or max(1, num_steps // 10),
-        metric=finetuning.selection_metric(setup.task, f.selection_metric,
-                                           f.top_k),
-        best_dir=os.path.join(f.output_dir, finetuning.BEST_DIR),
-        patience=f.early_stopping_patience, log=print))
+        estimator, validation_input_fn,
+        every_n_steps=_validation_every(f, num_steps), metric=metric,
+        best_dir=best_dir, patience=f.early_stopping_patience, log=print))
+  shard = training_utils.training_shard(cluster_task)
+  train_input_fn = input_fn_builder(f, setup, metadata, split="train",
+                                    row_mask=plan["train_mask"],
+                                    is_training=True, shard=shard)
   logging.info("Training %s for %d steps of batch %d (%d training "
                "examples)", setup.method, num_steps, f.train_batch_size,
                plan["num_train"])
   with training_utils.data_loss_guard(_data_files(metadata)):
-    estimator.train(input_fn_builder(f, setup, metadata, split="train",
-                                     row_mask=plan["train_mask"],
-                                     is_training=True),
-                    max_steps=num_steps, hooks=hooks)
+    if cluster_task is None:
+      estimator.train(train_input_fn, max_steps=num_steps, hooks=hooks)
+    else:
+      _log_cluster_task(f, plan, num_steps, cluster_task, shard)
+      if validation_input_fn is None and not metadata["num_test"]:
+        raise finetuning.CompatibilityError(
+            "under TF_CONFIG the evaluator evaluates a validation split "
+            "(--validation_fraction) or the test split; both are empty")
+      if validation_input_fn is None:  # nothing to select: the test split
+        eval_spec = tf.estimator.EvalSpec(
+            input_fn_builder(f, setup, metadata), steps=None, name="test",
+            throttle_secs=EVALUATOR_POLL_SECS, start_delay_secs=0)
+      else:
+        eval_spec = tf.estimator.EvalSpec(
+            validation_input_fn, steps=None, name="validation",
+            exporters=[training_utils.BestCheckpointExporter(
+                metric, best_dir, log=print)],
+            throttle_secs=EVALUATOR_POLL_SECS, start_delay_secs=0)
+      tf.estimator.train_and_evaluate(estimator, tf.estimator.TrainSpec(
+          train_input_fn, max_steps=num_steps,
+          hooks=hooks + training_utils.chief_hooks(
+              cluster_task, CHIEF_WAITS_FOR_WORKERS_SECS)), eval_spec)
   return {k: v for k, v in plan.items() if "mask" not in k}
+
+
+def _log_cluster_task(f, plan, num_steps, cluster_task, shard):
+  """What this task of a cluster does, in its log."""
+  task = "%s task %d" % cluster_task[:2]
+  if shard is not None:
+    logging.info("%s trains on training shard %d of %d: %d of the %d "
+                 "training rows (one in %d)", task, shard[0], shard[1],
+                 len(range(shard[0], plan["num_train"], shard[1])),
+                 plan["num_train"], shard[1])
+  elif cluster_task[0] == "evaluator" and plan["validation_mask"] is not None:
+    logging.info("%s validates every checkpoint (the chief writes one every "
+                 "%d steps) and keeps the best in %s", task,
+                 min(f.save_checkpoints_steps, _validation_every(f, num_steps)),
+                 finetuning.BEST_DIR)
+  if f.early_stopping_patience and plan["validation_mask"] is not None:
+    logging.warning("--early_stopping_patience=%d is ignored under TF_CONFIG "
+                    "(early stopping is single-process only): the cluster "
+                    "trains all %d steps", f.early_stopping_patience,
+                    num_steps)
 
 
 def _data_files(metadata):
@@ -347,9 +427,20 @@ def run(options):
   setup = finetuning.resolve_setup(f, metadata)
   outputs = {"parameters": finetuning.write_parameter_report(
       f.output_dir, setup, metadata)}
-  estimator, model_dir = _make_estimator(f, setup, metadata)
+  cluster_task = training_utils.tf_config_task()
+  plan = num_steps = checkpoint_every = None
   if f.do_train:
-    outputs["plan"] = train(f, setup, metadata, estimator)
+    plan, num_steps = _training_plan(f, metadata)
+    if cluster_task is not None and plan["validation_mask"] is not None:
+      # The evaluator validates checkpoints: one every validation step.
+      checkpoint_every = _validation_every(f, num_steps)
+  estimator, model_dir = _make_estimator(f, setup, metadata, checkpoint_every)
+  if f.do_train:
+    outputs["plan"] = train(f, setup, metadata, estimator, plan, num_steps,
+                            cluster_task)
+  if cluster_task is not None and cluster_task[0] != "evaluator":
+    logging.info("%s task %d done", *cluster_task[:2])
+    return outputs
   checkpoint = (finetuning.selected_checkpoint(model_dir)
                 if setup.task_patch is None else None)
   if f.do_eval and metadata["num_test"] == 0:
@@ -417,15 +508,21 @@ FLAGS_OF_FINETUNING = script_flags.flag_table("""
     held out as a validation split, seeded by --split_seed; evaluated every
     --eval_every_steps, the best checkpoint is the one tested, exported and
     served. 0: no validation, the last checkpoint (the original's protocol).
+    Under TF_CONFIG the evaluator validates each checkpoint it reads and keeps
+    the best the same way (docs/SCALE.md).
 --split_seed (integer; default: 10)
     Seed of the validation split.
 --eval_every_steps (integer)
-    Validation cadence; default a tenth of the training steps.
+    Validation cadence; default a tenth of the training steps. Under TF_CONFIG
+    the chief also writes a checkpoint this often, and the evaluator validates
+    the checkpoints (the ones it reads: a slow validation skips some).
 --selection_metric (string)
     Validation metric that picks the best checkpoint (higher is better);
     default accuracy for classification, hr@<top_k> for recommendation.
 --early_stopping_patience (integer; default: 3)
     Stop after this many validations in a row without improvement; 0: never.
+    One process only: under TF_CONFIG the cluster trains every step (the best
+    checkpoint is still the one tested).
 --labelled_fraction (float; default: 1.0)
     Few labels: train on this share of the training users left after the
     validation split (drawn with --seed); the validation and test splits do not

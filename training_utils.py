@@ -409,6 +409,78 @@ BEST_STATE_FILE = "best.json"
 BEST_CHECKPOINT_PREFIX = "model.ckpt"
 
 
+class BestCheckpointRecord(object):
+  """`best_dir/best.json`: every validation, the best one, the stale count.
+
+  Shared by the in-process BestCheckpointHook and, under TF_CONFIG, the
+  evaluator's BestCheckpointExporter, so both write the same file, which
+  `finetuning.read_selection` reads back (and a resumed run continues).
+  Higher is better; ties go to the later step (equal validation, more
+  training).
+  """
+
+  def __init__(self, best_dir, metric, patience=0, log=logging.info,
+               extra=None):
+    self._best_dir = best_dir
+    self._metric = metric
+    self._patience = int(patience)
+    self._log = log
+    self._extra = dict(extra or {})
+    self._state_path = os.path.join(best_dir, BEST_STATE_FILE)
+    state = {"history": [], "best": None, "evaluations_without_improvement": 0}
+    if tf.io.gfile.exists(self._state_path):
+      with tf.io.gfile.GFile(self._state_path) as reader:
+        state.update(json.load(reader))
+    self.history = state["history"]
+    self.best = state["best"]
+    self._stale = state["evaluations_without_improvement"]
+
+  def seen(self, step):
+    """True when `step` was the last one recorded (the last step, a resume)."""
+    return bool(self.history) and self.history[-1]["step"] == step
+
+  def add(self, step, results, keep):
+    """Records the validation `results` of `step`.
+
+    `keep(step)` saves the checkpoint when it is the best so far and returns
+    its basename in `best_dir` (None: it could not be kept; the best stays).
+
+    Returns:
+      True when `patience` evaluations in a row are below the best.
+    """
+    if self._metric not in results:
+      raise ValueError("validation metric %r is not among %s" %
+                       (self._metric, sorted(results)))
+    metrics = {k: float(v) for k, v in results.items()
+               if k not in ("global_step", "loss", "num_examples")}
+    self.history.append({"step": step, "metrics": metrics,
+                         "loss": float(results.get("loss", float("nan")))})
+    value = metrics[self._metric]
+    stop = False
+    kept = None
+    if self.best is None or value >= self.best["metrics"][self._metric]:
+      tf.io.gfile.makedirs(self._best_dir)
+      kept = keep(step)
+    if kept is not None:
+      self.best = {"step": step, "metrics": metrics, "checkpoint": kept}
+      self._stale = 0
+      mark = "best so far"
+    else:
+      self._stale += 1
+      mark = ("best %.4f at step %d" % (self.best["metrics"][self._metric],
+                                        self.best["step"])
+              if self.best else "no checkpoint kept yet")
+      if self._patience and self._stale >= self._patience:
+        stop = True
+        mark += "; %d evaluations without improvement: stopping" % self._stale
+    self._log("validation at step %d: %s %.4f (%s)" % (step, self._metric,
+                                                       value, mark))
+    write_json_atomic(self._state_path, dict(self._extra, **{
+        "metric": self._metric, "history": self.history, "best": self.best,
+        "evaluations_without_improvement": self._stale}))
+    return stop
+
+
 class BestCheckpointHook(tf.estimator.experimental.InMemoryEvaluatorHook):
   """Validates in the training session, keeps the best checkpoint, stops early.
 
@@ -417,7 +489,7 @@ class BestCheckpointHook(tf.estimator.experimental.InMemoryEvaluatorHook):
   in a separate evaluation graph that receives the training variables'
   current values, with no checkpoint round trip; its summaries go to
   `model_dir/eval_<name>/` (TensorBoard's validation curves). On top of it
-  this hook:
+  this hook (through BestCheckpointRecord):
 
   * saves the training variables the evaluation graph uses (the model,
     without optimizer slots) to `best_dir/model.ckpt-<step>` whenever
@@ -436,19 +508,17 @@ class BestCheckpointHook(tf.estimator.experimental.InMemoryEvaluatorHook):
                patience=0, name="validation", log=logging.info):
     super(BestCheckpointHook, self).__init__(
         estimator, input_fn, name=name, every_n_iter=every_n_steps)
-    self._metric = metric
     self._best_dir = best_dir
-    self._patience = int(patience)
-    self._log = log
-    self._state_path = os.path.join(best_dir, BEST_STATE_FILE)
-    state = {"history": [], "best": None, "evaluations_without_improvement": 0}
-    if tf.io.gfile.exists(self._state_path):
-      with tf.io.gfile.GFile(self._state_path) as reader:
-        state.update(json.load(reader))
-    self.history = state["history"]
-    self.best = state["best"]
-    self._stale = state["evaluations_without_improvement"]
+    self._record = BestCheckpointRecord(best_dir, metric, patience, log)
     self._stop_requested = False
+
+  @property
+  def history(self):
+    return self._record.history
+
+  @property
+  def best(self):
+    return self._record.best
 
   def begin(self):
     super(BestCheckpointHook, self).begin()
@@ -463,39 +533,17 @@ class BestCheckpointHook(tf.estimator.experimental.InMemoryEvaluatorHook):
   def _evaluate(self, train_session):
     self._timer.update_last_triggered_step(self._iter_count)
     step = int(train_session.run(self._global_step))
-    if self.history and self.history[-1]["step"] == step:
-      return  # Already evaluated at this step (the last step, or a resume).
+    if self._record.seen(step):
+      return
     results = self._run_evaluation(train_session)
-    if self._metric not in results:
-      raise ValueError("validation metric %r is not among %s" %
-                       (self._metric, sorted(results)))
-    metrics = {k: float(v) for k, v in results.items()
-               if k not in ("global_step", "loss", "num_examples")}
-    self.history.append({"step": step, "metrics": metrics,
-                         "loss": float(results.get("loss", float("nan")))})
-    value = metrics[self._metric]
-    # Ties go to the later checkpoint: equal validation, more training.
-    if self.best is None or value >= self.best["metrics"][self._metric]:
-      tf.io.gfile.makedirs(self._best_dir)
-      prefix = self._saver.save(
+
+    def keep(step):
+      return os.path.basename(self._saver.save(
           train_session, os.path.join(self._best_dir, BEST_CHECKPOINT_PREFIX),
-          global_step=step, write_meta_graph=False)
-      self.best = {"step": step, "metrics": metrics,
-                   "checkpoint": os.path.basename(prefix)}
-      self._stale = 0
-      mark = "best so far"
-    else:
-      self._stale += 1
-      mark = "best %.4f at step %d" % (self.best["metrics"][self._metric],
-                                       self.best["step"])
-      if self._patience and self._stale >= self._patience:
-        self._stop_requested = True
-        mark += "; %d evaluations without improvement: stopping" % self._stale
-    self._log("validation at step %d: %s %.4f (%s)" % (step, self._metric,
-                                                       value, mark))
-    write_json_atomic(self._state_path, {
-        "metric": self._metric, "history": self.history, "best": self.best,
-        "evaluations_without_improvement": self._stale})
+          global_step=step, write_meta_graph=False))
+
+    if self._record.add(step, results, keep):
+      self._stop_requested = True
 
   def _run_evaluation(self, train_session):
     """InMemoryEvaluatorHook._evaluate, returning the results."""
@@ -519,6 +567,98 @@ class BestCheckpointHook(tf.estimator.experimental.InMemoryEvaluatorHook):
     super(BestCheckpointHook, self).after_run(run_context, run_values)
     if self._stop_requested:
       run_context.request_stop()
+
+
+class BestCheckpointExporter(tf.estimator.Exporter):
+  """BestCheckpointHook's counterpart on the evaluator of a cluster.
+
+  Under TF_CONFIG, `train_and_evaluate`'s evaluator evaluates each new
+  checkpoint of the chief and then calls the EvalSpec's exporters with it.
+  This one records the validation in `best_dir/best.json` (the same file,
+  through BestCheckpointRecord) and, when the checkpoint is the best so far,
+  copies it to `best_dir/` (every file of the prefix: model, Adam slots,
+  global_step), keeping only the best. It never stops training: the trainers
+  of a cluster run to max_steps (a checkpoint the chief deleted before it
+  could be copied, --keep_checkpoint_max, is logged and not kept).
+  """
+
+  def __init__(self, metric, best_dir, log=logging.info):
+    self._best_dir = best_dir
+    self._log = log
+    self._record = BestCheckpointRecord(
+        best_dir, metric, patience=0, log=log, extra={
+            "validated": "checkpoints the evaluator read (TF_CONFIG); no "
+                         "early stopping"})
+
+  @property
+  def name(self):
+    return "best_checkpoint"
+
+  def export(self, estimator, export_path, checkpoint_path, eval_result,
+             is_the_final_export):
+    del estimator, export_path, is_the_final_export
+    step = int(eval_result["global_step"])
+    if self._record.seen(step):
+      return None
+
+    def keep(step):
+      del step
+      return self._copy(checkpoint_path)
+
+    self._record.add(step, eval_result, keep)
+    return self._best_dir
+
+  def _copy(self, checkpoint_path):
+    """Copies the checkpoint into best_dir; drops the previous best there."""
+    name = os.path.basename(checkpoint_path)
+    previous = self._record.best and self._record.best["checkpoint"]
+    try:
+      files = tf.io.gfile.glob(checkpoint_path + ".*")
+      if not any(f.endswith(".index") for f in files):
+        raise tf.errors.NotFoundError(None, None, checkpoint_path + ".index")
+      for path in files:
+        target = os.path.join(self._best_dir, os.path.basename(path))
+        temporary = data_loader.temporary_name(target)
+        tf.io.gfile.copy(path, temporary, overwrite=True)
+        tf.io.gfile.rename(temporary, target, overwrite=True)
+    except tf.errors.NotFoundError:
+      logging.warning("checkpoint %s was deleted before the evaluator could "
+                      "keep it (raise --keep_checkpoint_max)", checkpoint_path)
+      return None
+    tf.compat.v1.train.update_checkpoint_state(
+        self._best_dir, name, all_model_checkpoint_paths=[name])
+    if previous and previous != name:
+      for path in tf.io.gfile.glob(os.path.join(self._best_dir,
+                                                previous + ".*")):
+        tf.io.gfile.remove(path)
+    return name
+
+
+# ---------------------------------------------------------------------------
+# A parameter-server cluster (TF_CONFIG)
+# ---------------------------------------------------------------------------
+
+
+def check_cluster_run(cluster_task, do_train, do_eval):
+  """Under TF_CONFIG a run is train_and_evaluate: both must be asked for.
+
+  Raises:
+    RunError naming the task.
+  """
+  if cluster_task is not None and not (do_train and do_eval):
+    raise RunError(
+        "under TF_CONFIG (%s task %d) training and evaluation run through "
+        "train_and_evaluate: --do_train and --do_eval must be true (unset "
+        "TF_CONFIG to evaluate, predict or export in one process)" %
+        cluster_task[:2])
+
+
+def chief_hooks(cluster_task, wait_for_workers_secs):
+  """[WaitForWorkersHook] on the chief of a cluster with workers, else []."""
+  if (cluster_task is None or cluster_task[0] != "chief" or
+      not cluster_task[2].get("worker") or not wait_for_workers_secs):
+    return []
+  return [WaitForWorkersHook(wait_for_workers_secs)]
 
 
 # ---------------------------------------------------------------------------

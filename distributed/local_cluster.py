@@ -1,18 +1,22 @@
-r"""Runs nextitnet_pretrain.py as a parameter-server cluster on this machine.
+r"""Runs pretraining or fine-tuning as a parameter-server cluster on this machine.
 
 The Estimator's own engine does the distribution: each task is the same
-`nextitnet_pretrain.py` command with its own `TF_CONFIG`, and
-`tf.estimator.train_and_evaluate` reads it (between-graph replication:
-variables on the ps tasks through `replica_device_setter`, the chief
-initializes, checkpoints and writes summaries, every worker trains
+`nextitnet_pretrain.py` (`--script=pretrain`, the default) or
+`peterrec_finetune.py` (`--script=finetune`) command with its own
+`TF_CONFIG`, and `tf.estimator.train_and_evaluate` reads it (between-graph
+replication: variables on the ps tasks through `replica_device_setter`, the
+chief initializes, checkpoints and writes summaries, every worker trains
 asynchronously, the evaluator evaluates each new checkpoint and, at the
-end, writes metrics.json). Nothing here is specific to one machine except
-the addresses: docs/SCALE.md shows the same TF_CONFIGs for
-real hosts.
+end, writes metrics.json; fine-tuning's evaluator validates each checkpoint
+and tests the best). Nothing here is specific to one machine except the
+addresses: docs/SCALE.md shows the same TF_CONFIGs for real hosts.
 
   python -m distributed.local_cluster --data_dir=runs/ml1m_data \
       --output_dir=runs/ml1m_cluster --num_train_steps=300 --num_workers=1 \
       -- --channels=64 --train_batch_size=32
+  python -m distributed.local_cluster --script=finetune \
+      --data_dir=runs/task_data --output_dir=runs/task_cluster \
+      --num_train_steps=300 -- --init_checkpoint=runs/ml1m_cluster
 
 Tasks: ps x num_ps, chief, worker x num_workers, evaluator, all on
 127.0.0.1 ports picked free at start. TensorFlow's gRPC server binds every
@@ -21,9 +25,12 @@ default when `unshare` works) the whole cluster runs in a private network
 namespace whose only interface is the loopback. The launcher waits for
 chief, workers and evaluator (bounded by --timeout), then always stops
 every task it started (the ps tasks never exit by themselves), and checks
-the final checkpoint's global_step and metrics.json. The chief waits for a
-worker's first step before its own (the Estimator starts workers 5 s late),
-so every training task takes part even in a short run. Each task's output is
+the final checkpoint's global_step and metrics.json (fine-tuning: of the
+checkpoint the validation selected). The chief waits for a worker's first
+step before its own (the Estimator starts workers 5 s late), so every
+training task takes part even in a short run (pretraining: the launcher's
+--chief_waits_for_workers_secs; fine-tuning's chief always waits, up to
+peterrec_finetune.CHIEF_WAITS_FOR_WORKERS_SECS). Each task's output is
 in output_dir/cluster_logs/.
 """
 import json
@@ -39,7 +46,8 @@ from absl import app
 from absl import flags
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(PROJECT_ROOT, "nextitnet_pretrain.py")
+SCRIPTS = {"pretrain": os.path.join(PROJECT_ROOT, "nextitnet_pretrain.py"),
+           "finetune": os.path.join(PROJECT_ROOT, "peterrec_finetune.py")}
 HOST = "127.0.0.1"
 INSIDE_NAMESPACE_ENV = "PETERREC_PRIVATE_NETNS"
 LOG_DIR = "cluster_logs"
@@ -94,10 +102,24 @@ def _stop(process, grace_secs=5.0):
   process.wait()
 
 
+def task_command(script, data_dir, output_dir, num_train_steps,
+                 chief_waits_secs, extra_args=(), python=sys.executable):
+  """The command every task runs (only TF_CONFIG differs)."""
+  command = [python, SCRIPTS[script], "--data_dir=" + data_dir,
+             "--output_dir=" + output_dir,
+             "--num_train_steps=%d" % num_train_steps, "--do_eval=true"]
+  if script == "pretrain":  # fine-tuning's chief always waits
+    command.append("--chief_waits_for_workers_secs=%d" % chief_waits_secs)
+  return command + list(extra_args)
+
+
 def run_cluster(data_dir, output_dir, num_train_steps, num_workers=1, num_ps=1,
                 extra_args=(), timeout=600, python=sys.executable,
-                chief_waits_secs=60):
+                chief_waits_secs=60, script="pretrain"):
   """Launches the cluster, waits, stops every task. Returns a summary dict.
+
+  `script`: "pretrain" (nextitnet_pretrain.py) or "finetune"
+  (peterrec_finetune.py).
 
   Raises:
     RuntimeError when a task fails or the run exceeds `timeout` seconds
@@ -106,11 +128,8 @@ def run_cluster(data_dir, output_dir, num_train_steps, num_workers=1, num_ps=1,
   cluster = cluster_spec(num_workers, num_ps)
   log_dir = os.path.join(output_dir, LOG_DIR)
   os.makedirs(log_dir, exist_ok=True)
-  command = [python, SCRIPT, "--data_dir=" + data_dir,
-             "--output_dir=" + output_dir, "--num_train_steps=%d" % num_train_steps,
-             "--do_eval=true",
-             "--chief_waits_for_workers_secs=%d" % chief_waits_secs
-             ] + list(extra_args)
+  command = task_command(script, data_dir, output_dir, num_train_steps,
+                         chief_waits_secs, extra_args, python)
   processes = {}
   logs = []
   start = time.time()
@@ -146,12 +165,16 @@ def run_cluster(data_dir, output_dir, num_train_steps, num_workers=1, num_ps=1,
     for log in logs:
       log.close()
   return verify(output_dir, num_train_steps, dict(
-      cluster=cluster, seconds=round(time.time() - start, 1),
+      script=script, cluster=cluster, seconds=round(time.time() - start, 1),
       returncodes={n: p.returncode for n, p in processes.items()}))
 
 
 def verify(output_dir, num_train_steps, summary):
-  """Checks the chief's final checkpoint and the evaluator's metrics.json."""
+  """Checks the chief's final checkpoint and the evaluator's metrics.json.
+
+  Fine-tuning's metrics.json is of the checkpoint its validation selected
+  (any validated step), else of the final one.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   latest = tf.train.latest_checkpoint(output_dir)
   if latest is None:
@@ -165,7 +188,11 @@ def verify(output_dir, num_train_steps, summary):
     raise RuntimeError("the evaluator wrote no %s" % metrics_path)
   with open(metrics_path) as f:
     metrics = json.load(f)
-  if metrics["global_step"] < num_train_steps:
+  selected = (metrics.get("validation") or {}).get("best")
+  if selected is not None and metrics["global_step"] != selected["step"]:
+    raise RuntimeError("%s is for step %d, not the selected step %d" %
+                       (metrics_path, metrics["global_step"], selected["step"]))
+  if selected is None and metrics["global_step"] < num_train_steps:
     raise RuntimeError("%s is for step %d < %d" %
                        (metrics_path, metrics["global_step"], num_train_steps))
   summary.update(checkpoint=latest, global_step=step, metrics=metrics)
@@ -192,7 +219,12 @@ def in_private_network(argv):
 
 
 def define_flags():
-  flags.DEFINE_string("data_dir", None, "Pretraining dataset (convert_csv).")
+  flags.DEFINE_enum("script", "pretrain", sorted(SCRIPTS),
+                    "What the cluster runs: pretrain (nextitnet_pretrain.py) "
+                    "or finetune (peterrec_finetune.py); the flags after -- "
+                    "go to it.")
+  flags.DEFINE_string("data_dir", None, "Dataset of the script (convert_csv "
+                      "--kind=pretrain or --kind=finetune).")
   flags.DEFINE_string("output_dir", None, "Shared model directory (a shared "
                       "file system on real machines).")
   flags.DEFINE_integer("num_train_steps", 300, "Total global steps.")
@@ -201,7 +233,9 @@ def define_flags():
   flags.DEFINE_integer("chief_waits_for_workers_secs", 60,
                        "The chief starts training only after a worker's "
                        "first step (or this many seconds), so that every "
-                       "worker takes part even in short runs.")
+                       "worker takes part even in short runs. Pretraining "
+                       "only: fine-tuning's chief always waits (up to "
+                       "peterrec_finetune.CHIEF_WAITS_FOR_WORKERS_SECS).")
   flags.DEFINE_integer("timeout", 600, "Seconds before every task is stopped "
                        "and the run fails.")
   flags.DEFINE_enum("isolate_network", "auto", ["auto", "true", "false"],
@@ -225,7 +259,8 @@ def main(argv):
     summary = run_cluster(f.data_dir, f.output_dir, f.num_train_steps,
                           f.num_workers, f.num_ps, extra_args=argv[1:],
                           timeout=f.timeout,
-                          chief_waits_secs=f.chief_waits_for_workers_secs)
+                          chief_waits_secs=f.chief_waits_for_workers_secs,
+                          script=f.script)
   except RuntimeError as e:
     sys.exit("error: %s" % e)
   summary["private_network"] = os.environ.get(INSIDE_NAMESPACE_ENV) == "1"

@@ -345,15 +345,20 @@ def test_unwritable_output_dir_fails_fast_with_the_path(tmp_path):
         (time.time() - start))
 
 
-def test_finetune_refuses_tf_config_before_anything(tmp_path, monkeypatch):
+def test_finetune_under_tf_config_refuses_no_evaluation_before_anything(
+    tmp_path, monkeypatch):
+  # Fine-tuning runs on a cluster (tests/test_distributed_finetune.py)
+  # through train_and_evaluate, which needs both training and evaluation.
   monkeypatch.setenv("TF_CONFIG", json.dumps({
       "cluster": {"chief": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]},
       "task": {"type": "chief", "index": 0}}))
   output_dir = tmp_path / "out"
-  options = dict(ft.default_options(), data_dir=str(tmp_path / "missing"),
-                 output_dir=str(output_dir))
-  with pytest.raises(finetuning.CompatibilityError,
-                     match=r"TF_CONFIG is set \(chief task 0\), but "
-                     "fine-tuning trains in one process"):
-    ft.run(options)
+  for flag in ("do_eval", "do_train"):
+    options = dict(ft.default_options(), data_dir=str(tmp_path / "missing"),
+                   output_dir=str(output_dir), **{flag: False})
+    with pytest.raises(training_utils.RunError,
+                       match=r"under TF_CONFIG \(chief task 0\) training and "
+                       "evaluation run through train_and_evaluate: --do_train "
+                       "and --do_eval must be true"):
+      ft.run(options)
   assert not output_dir.exists()
