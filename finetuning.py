@@ -803,6 +803,17 @@ def plan_training_rows(metadata, options):
   return plan
 
 
+def plan_training(metadata, options):
+  """(the plan of training rows, the number of training steps)."""
+  if metadata["num_train"] == 0:
+    raise CompatibilityError("the training split of %s is empty" %
+                             options.data_dir)
+  plan = plan_training_rows(metadata, options)
+  num_steps = options.num_train_steps or training_utils.num_train_steps(
+      options.num_train_epochs, plan["num_train"], options.train_batch_size)
+  return plan, num_steps
+
+
 def trainer_rows(row_mask, num_rows, shard):
   """One trainer's part of the training rows, as a row mask.
 
@@ -833,6 +844,58 @@ def trainer_rows(row_mask, num_rows, shard):
   mine = np.zeros([num_rows], dtype=bool)
   mine[np.flatnonzero(keep)[index::count]] = True
   return mine
+
+
+def export_setup_patch(options, setup, metadata, checkpoint):
+  """`export_task_patch` of a run's setup; prints what it wrote."""
+  description = export_task_patch(
+      checkpoint, options.output_dir, setup.config, setup.method,
+      setup.insertion, setup.cardinality, setup.task,
+      metadata["target_vocab_size"], setup.init_checkpoint,
+      extra={"tf_random_seed": options.tf_random_seed,
+             "eval_seed": options.eval_seed,
+             "cls_position": setup.cls_position,
+             "user_vector": setup.user_vector,
+             "global_step": int(checkpoint_lib.reader(
+                 checkpoint).get_tensor("global_step"))})
+  print("Task patch: %s (%d bytes; fine-tuned checkpoint %d bytes, %.2f%%)"
+        % (os.path.join(options.output_dir, TASK_PATCH_DIR),
+           description["task_patch_bytes"],
+           description["finetuned_checkpoint_bytes"],
+           100.0 * description["task_patch_bytes"] /
+           description["finetuned_checkpoint_bytes"]))
+  return description
+
+
+def prediction_record(prediction, target_tokens):
+  """One line of predictions.jsonl (the format of `serving predict`)."""
+  return json.dumps({
+      "target": target_tokens[int(prediction["target"])],
+      "top_ids": [target_tokens[i] for i in prediction["top_ids"]],
+      "top_index": prediction["top_ids"].tolist(),
+      "top_scores": [round(float(s), 6) for s in prediction["top_scores"]],
+  })
+
+
+def log_cluster_task(options, plan, num_steps, cluster_task, shard,
+                     validation_every):
+  """What this task of a cluster does, in its log."""
+  task = "%s task %d" % cluster_task[:2]
+  if shard is not None:
+    logging.info("%s trains on training shard %d of %d: %d of the %d "
+                 "training rows (one in %d)", task, shard[0], shard[1],
+                 len(range(shard[0], plan["num_train"], shard[1])),
+                 plan["num_train"], shard[1])
+  elif cluster_task[0] == "evaluator" and plan["validation_mask"] is not None:
+    logging.info("%s validates every checkpoint (the chief writes one every "
+                 "%d steps) and keeps the best in %s", task,
+                 min(options.save_checkpoints_steps, validation_every),
+                 BEST_DIR)
+  if options.early_stopping_patience and plan["validation_mask"] is not None:
+    logging.warning("--early_stopping_patience=%d is ignored under TF_CONFIG "
+                    "(early stopping is single-process only): the cluster "
+                    "trains all %d steps", options.early_stopping_patience,
+                    num_steps)
 
 
 def test_summary(options, setup, metadata, results, reference, plan=None,

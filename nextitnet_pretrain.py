@@ -545,16 +545,10 @@ def _input_fns(plan):
 
 
 def _check_cluster_options(plan, do_train, do_eval):
-  if plan.cluster_task is None:
-    return
   # TF_CONFIG: train_and_evaluate runs this task's role (chief, worker, ps,
   # evaluator); only the evaluator evaluates and writes metrics.json.
-  if not (do_train and do_eval):
-    raise training_utils.RunError(
-        "under TF_CONFIG (%s task %d) training and evaluation run through "
-        "train_and_evaluate: --do_train and --do_eval must be true" %
-        plan.cluster_task[:2])
-  if plan.options.do_predict:
+  training_utils.check_cluster_run(plan.cluster_task, do_train, do_eval)
+  if plan.cluster_task is not None and plan.options.do_predict:
     raise training_utils.RunError(
         "--do_predict is not supported under TF_CONFIG")
 
@@ -569,28 +563,19 @@ def train(plan, estimator, train_input_fn, eval_input_fn, do_eval):
   Returns:
     the last evaluation result of train_and_evaluate, or None.
   """
-  f, cluster_task = plan.options, plan.cluster_task
+  f = plan.options
   hooks = [training_utils.ProgressHook(
       TRAIN_LOSS_NAME + ":0", plan.hparams["train_batch_size"],
       f.log_step_count_steps, plan.num_train_steps, estimator.model_dir)]
-  if (cluster_task is not None and cluster_task[0] == "chief" and
-      cluster_task[2].get("worker") and f.chief_waits_for_workers_secs):
-    hooks.append(training_utils.WaitForWorkersHook(
-        f.chief_waits_for_workers_secs))
   with training_utils.data_loss_guard(_data_files(plan)):
     if not do_eval:
       estimator.train(train_input_fn, max_steps=plan.num_train_steps,
                       hooks=hooks)
       return None
-    train_spec = tf.estimator.TrainSpec(train_input_fn,
-                                        max_steps=plan.num_train_steps,
-                                        hooks=hooks)
-    eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=None,
-                                      throttle_secs=f.eval_throttle_secs,
-                                      start_delay_secs=0)
-    eval_result, _ = (tf.estimator.train_and_evaluate(
-        estimator, train_spec, eval_spec) or (None, None))
-    return eval_result
+    return training_utils.train_and_evaluate(
+        estimator, train_input_fn, plan.num_train_steps, hooks,
+        eval_input_fn, f.eval_throttle_secs, plan.cluster_task,
+        f.chief_waits_for_workers_secs)
 
 
 def evaluate(plan, estimator, eval_input_fn, eval_result, timings):
@@ -766,9 +751,6 @@ FLAGS_OF_PRETRAINING = script_flags.flag_table("""
     GRec: concatenate a learned positional embedding (doubles the width).
 --max_position (integer; default: 100)
     GRec: rows of the positional embedding table.
---eval_throttle_secs (integer; default: 600)
-    Evaluate a new checkpoint at most this often during training (the last one
-    is always evaluated).
 --shuffle_buffer (integer)
     Training shuffle buffer (records).
 --num_embedding_partitions (integer; default: 0)
@@ -781,10 +763,6 @@ FLAGS_OF_PRETRAINING = script_flags.flag_table("""
     either way (the parts are saved as slices of the whole tensors) and
     restore into any partitioning; distributed/repartition_checkpoint.py
     rewrites them as whole tensors or as slices (docs/SCALE.md).
---chief_waits_for_workers_secs (integer; default: 0)
-    Under TF_CONFIG with workers: the chief waits up to this long for a
-    worker's first step before its own (short runs otherwise finish on the
-    chief alone).
 """, enums={"encoder": ENCODERS, "preset": sorted(PRESETS),
             "softmax": networks.SOFTMAX_TYPES})
 

@@ -23,7 +23,6 @@ training rows, and the evaluator validates each checkpoint (keeping the best
 in `best/`), then writes the outputs above as one process does. Early
 stopping is single-process only.
 """
-import json
 import os
 
 from absl import app
@@ -37,7 +36,6 @@ import finetuning
 import script_flags
 import serving
 import training_utils
-from ops import checkpoint as checkpoint_lib
 from ops import finetune as finetune_ops
 from ops import heads
 from ops import modeling
@@ -46,12 +44,6 @@ TASK_PATCH_EVAL_DIR = "task_patch_eval"
 # A user's mistakes: a one-line `error: ...` exit (programming errors raise).
 USER_ERRORS = (finetuning.CompatibilityError, data_loader.DatasetError,
            training_utils.RunError)
-# Under TF_CONFIG with workers the chief waits up to this long for a worker's
-# first step before its own: the Estimator starts worker i 5 (i + 1) s late,
-# and a fine-tuning run is short enough for the chief to finish alone.
-CHIEF_WAITS_FOR_WORKERS_SECS = 120
-# Under TF_CONFIG the evaluator looks for a new checkpoint this often.
-EVALUATOR_POLL_SECS = 1
 
 
 # ---------------------------------------------------------------------------
@@ -195,17 +187,6 @@ def _load_dataset(data_dir):
   return metadata
 
 
-def _training_plan(f, metadata):
-  """(the plan of training rows, the number of training steps)."""
-  if metadata["num_train"] == 0:
-    raise finetuning.CompatibilityError("the training split of %s is empty"
-                                        % f.data_dir)
-  plan = finetuning.plan_training_rows(metadata, f)
-  num_steps = f.num_train_steps or training_utils.num_train_steps(
-      f.num_train_epochs, plan["num_train"], f.train_batch_size)
-  return plan, num_steps
-
-
 def _validation_every(f, num_steps):
   return f.eval_every_steps or max(1, num_steps // 10)
 
@@ -278,46 +259,22 @@ def train(f, setup, metadata, estimator, plan, num_steps, cluster_task=None):
     if cluster_task is None:
       estimator.train(train_input_fn, max_steps=num_steps, hooks=hooks)
     else:
-      _log_cluster_task(f, plan, num_steps, cluster_task, shard)
+      finetuning.log_cluster_task(f, plan, num_steps, cluster_task, shard,
+                                  _validation_every(f, num_steps))
       if validation_input_fn is None and not metadata["num_test"]:
         raise finetuning.CompatibilityError(
             "under TF_CONFIG the evaluator evaluates a validation split "
             "(--validation_fraction) or the test split; both are empty")
-      if validation_input_fn is None:  # nothing to select: the test split
-        eval_spec = tf.estimator.EvalSpec(
-            input_fn_builder(f, setup, metadata), steps=None, name="test",
-            throttle_secs=EVALUATOR_POLL_SECS, start_delay_secs=0)
-      else:
-        eval_spec = tf.estimator.EvalSpec(
-            validation_input_fn, steps=None, name="validation",
-            exporters=[training_utils.BestCheckpointExporter(
-                metric, best_dir, log=print)],
-            throttle_secs=EVALUATOR_POLL_SECS, start_delay_secs=0)
-      tf.estimator.train_and_evaluate(estimator, tf.estimator.TrainSpec(
-          train_input_fn, max_steps=num_steps,
-          hooks=hooks + training_utils.chief_hooks(
-              cluster_task, CHIEF_WAITS_FOR_WORKERS_SECS)), eval_spec)
+      selects = validation_input_fn is not None  # else: the test split
+      training_utils.train_and_evaluate(
+          estimator, train_input_fn, num_steps, hooks,
+          validation_input_fn if selects else input_fn_builder(
+              f, setup, metadata),
+          f.eval_throttle_secs, cluster_task, f.chief_waits_for_workers_secs,
+          eval_name="validation" if selects else "test",
+          exporters=[training_utils.BestCheckpointExporter(
+              metric, best_dir, log=print)] if selects else ())
   return {k: v for k, v in plan.items() if "mask" not in k}
-
-
-def _log_cluster_task(f, plan, num_steps, cluster_task, shard):
-  """What this task of a cluster does, in its log."""
-  task = "%s task %d" % cluster_task[:2]
-  if shard is not None:
-    logging.info("%s trains on training shard %d of %d: %d of the %d "
-                 "training rows (one in %d)", task, shard[0], shard[1],
-                 len(range(shard[0], plan["num_train"], shard[1])),
-                 plan["num_train"], shard[1])
-  elif cluster_task[0] == "evaluator" and plan["validation_mask"] is not None:
-    logging.info("%s validates every checkpoint (the chief writes one every "
-                 "%d steps) and keeps the best in %s", task,
-                 min(f.save_checkpoints_steps, _validation_every(f, num_steps)),
-                 finetuning.BEST_DIR)
-  if f.early_stopping_patience and plan["validation_mask"] is not None:
-    logging.warning("--early_stopping_patience=%d is ignored under TF_CONFIG "
-                    "(early stopping is single-process only): the cluster "
-                    "trains all %d steps", f.early_stopping_patience,
-                    num_steps)
 
 
 def _data_files(metadata):
@@ -353,25 +310,6 @@ def evaluate(f, setup, metadata, estimator, checkpoint, plan=None):
   return summary
 
 
-def export_task_patch(f, setup, metadata, checkpoint):
-  description = finetuning.export_task_patch(
-      checkpoint, f.output_dir, setup.config, setup.method, setup.insertion,
-      setup.cardinality, setup.task, metadata["target_vocab_size"],
-      setup.init_checkpoint,
-      extra={"tf_random_seed": f.tf_random_seed, "eval_seed": f.eval_seed,
-             "cls_position": setup.cls_position,
-             "user_vector": setup.user_vector,
-             "global_step": int(checkpoint_lib.reader(
-                 checkpoint).get_tensor("global_step"))})
-  print("Task patch: %s (%d bytes; fine-tuned checkpoint %d bytes, %.2f%%)"
-        % (os.path.join(f.output_dir, finetuning.TASK_PATCH_DIR),
-           description["task_patch_bytes"],
-           description["finetuned_checkpoint_bytes"],
-           100.0 * description["task_patch_bytes"] /
-           description["finetuned_checkpoint_bytes"]))
-  return description
-
-
 def export_saved_model(f, setup, metadata, checkpoint):
   if checkpoint is None:
     raise finetuning.CompatibilityError(
@@ -397,13 +335,7 @@ def predict(f, setup, metadata, estimator, checkpoint):
     for prediction in estimator.predict(input_fn_builder(f, setup, metadata),
                                         checkpoint_path=checkpoint,
                                         yield_single_examples=True):
-      writer.write(json.dumps({
-          "target": tokens[int(prediction["target"])],
-          "top_ids": [tokens[i] for i in prediction["top_ids"]],
-          "top_index": prediction["top_ids"].tolist(),
-          "top_scores": [round(float(s), 6)
-                         for s in prediction["top_scores"]],
-      }) + "\n")
+      writer.write(finetuning.prediction_record(prediction, tokens) + "\n")
       count += 1
   logging.info("Wrote %d predictions to %s", count, path)
 
@@ -430,7 +362,7 @@ def run(options):
   cluster_task = training_utils.tf_config_task()
   plan = num_steps = checkpoint_every = None
   if f.do_train:
-    plan, num_steps = _training_plan(f, metadata)
+    plan, num_steps = finetuning.plan_training(metadata, f)
     if cluster_task is not None and plan["validation_mask"] is not None:
       # The evaluator validates checkpoints: one every validation step.
       checkpoint_every = _validation_every(f, num_steps)
@@ -449,7 +381,8 @@ def run(options):
     outputs["metrics"] = evaluate(f, setup, metadata, estimator, checkpoint,
                                   outputs.get("plan"))
   if f.do_train and f.export_task_patch:
-    outputs["task_patch"] = export_task_patch(f, setup, metadata, checkpoint)
+    outputs["task_patch"] = finetuning.export_setup_patch(f, setup, metadata,
+                                                          checkpoint)
   if f.export_dir:
     export_saved_model(f, setup, metadata, checkpoint)
     outputs["saved_model"] = f.export_dir
@@ -568,7 +501,12 @@ def define_flags(flag_values=flags.FLAGS):
   """Defines the command-line flags in `flag_values` (read only by `main`)."""
   script_flags.define_shared_flags(
       flag_values, defaults={"learning_rate": 0.001, "train_batch_size": 64,
-                             "num_train_epochs": 5.0},
+                             "num_train_epochs": 5.0,
+                             # The evaluator validates every checkpoint it
+                             # can; a fine-tuning run is short enough for
+                             # the chief to finish before a worker starts.
+                             "eval_throttle_secs": 1,
+                             "chief_waits_for_workers_secs": 120},
       default_notes={name: "the backbone's configuration" for name in
                      ("channels", "dilations", "kernel_size")})
   script_flags.define_table(

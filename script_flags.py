@@ -132,6 +132,16 @@ SHARED_FLAGS = flag_table("""
     benchmarks/README.md).
 --inter_op_threads (integer; default: 2)
     TensorFlow inter-op threads.
+# A parameter-server cluster (TF_CONFIG; docs/SCALE.md).
+--eval_throttle_secs (integer; default: 600)
+    While training runs through train_and_evaluate (pretraining, and
+    fine-tuning under TF_CONFIG, whose evaluator validates checkpoints),
+    evaluate a new checkpoint at most this often; the last one is always
+    evaluated.
+--chief_waits_for_workers_secs (integer; default: 0)
+    Under TF_CONFIG with workers: the chief waits up to this long for a
+    worker's first step before its own (short runs otherwise finish on the
+    chief alone).
 """, enums={"conv_implementation": layers.CONV_IMPLEMENTATIONS})
 SHARED_NAMES = tuple(SHARED_FLAGS)
 DETERMINISTIC_SEED = 10  # an unset --seed under --deterministic

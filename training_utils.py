@@ -661,6 +661,28 @@ def chief_hooks(cluster_task, wait_for_workers_secs):
   return [WaitForWorkersHook(wait_for_workers_secs)]
 
 
+def train_and_evaluate(estimator, train_input_fn, max_steps, hooks,
+                       eval_input_fn, throttle_secs, cluster_task=None,
+                       chief_waits_secs=0, eval_name=None, exporters=()):
+  """`tf.estimator.train_and_evaluate` as both scripts run it.
+
+  One process: trains, evaluating new checkpoints at most every
+  `throttle_secs` (and the last one). Under TF_CONFIG: this task's role,
+  the chief waiting up to `chief_waits_secs` for a worker (`chief_hooks`).
+
+  Returns:
+    the last evaluation result, or None (a task that does not evaluate).
+  """
+  train_spec = tf.estimator.TrainSpec(
+      train_input_fn, max_steps=max_steps,
+      hooks=list(hooks) + chief_hooks(cluster_task, chief_waits_secs))
+  eval_spec = tf.estimator.EvalSpec(
+      eval_input_fn, steps=None, name=eval_name, exporters=list(exporters),
+      throttle_secs=throttle_secs, start_delay_secs=0)
+  result = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+  return (result or (None, None))[0]
+
+
 # ---------------------------------------------------------------------------
 # Progress and logs
 # ---------------------------------------------------------------------------

@@ -28,10 +28,9 @@ every task it started (the ps tasks never exit by themselves), and checks
 the final checkpoint's global_step and metrics.json (fine-tuning: of the
 checkpoint the validation selected). The chief waits for a worker's first
 step before its own (the Estimator starts workers 5 s late), so every
-training task takes part even in a short run (pretraining: the launcher's
---chief_waits_for_workers_secs; fine-tuning's chief always waits, up to
-peterrec_finetune.CHIEF_WAITS_FOR_WORKERS_SECS). Each task's output is
-in output_dir/cluster_logs/.
+training task takes part even in a short run (the launcher passes its
+--chief_waits_for_workers_secs to either script). Each task's output is in
+output_dir/cluster_logs/.
 """
 import json
 import os
@@ -107,9 +106,8 @@ def task_command(script, data_dir, output_dir, num_train_steps,
   """The command every task runs (only TF_CONFIG differs)."""
   command = [python, SCRIPTS[script], "--data_dir=" + data_dir,
              "--output_dir=" + output_dir,
-             "--num_train_steps=%d" % num_train_steps, "--do_eval=true"]
-  if script == "pretrain":  # fine-tuning's chief always waits
-    command.append("--chief_waits_for_workers_secs=%d" % chief_waits_secs)
+             "--num_train_steps=%d" % num_train_steps, "--do_eval=true",
+             "--chief_waits_for_workers_secs=%d" % chief_waits_secs]
   return command + list(extra_args)
 
 
@@ -233,9 +231,8 @@ def define_flags():
   flags.DEFINE_integer("chief_waits_for_workers_secs", 60,
                        "The chief starts training only after a worker's "
                        "first step (or this many seconds), so that every "
-                       "worker takes part even in short runs. Pretraining "
-                       "only: fine-tuning's chief always waits (up to "
-                       "peterrec_finetune.CHIEF_WAITS_FOR_WORKERS_SECS).")
+                       "worker takes part even in short runs (passed to "
+                       "the script as its --chief_waits_for_workers_secs).")
   flags.DEFINE_integer("timeout", 600, "Seconds before every task is stopped "
                        "and the run fails.")
   flags.DEFINE_enum("isolate_network", "auto", ["auto", "true", "false"],

@@ -101,7 +101,7 @@ def test_trainers_shards_of_the_masked_rows_are_disjoint_and_cover_them(
                                    method="peterzero"))
   metadata = ft._load_dataset(data_dir)
   setup = finetuning.resolve_setup(f, metadata)
-  plan, _ = ft._training_plan(f, metadata)
+  plan, _ = finetuning.plan_training(metadata, f)
   assert plan["num_validation"] > 0 and plan["num_train"] > 0
   masked = _rows(ft.input_fn_builder(f, setup, metadata, split="train",
                                      row_mask=plan["train_mask"]))

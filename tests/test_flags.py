@@ -15,6 +15,9 @@ SCRIPT_DEFAULTS = {
     # Pretraining keeps the original scripts' seed 10; fine-tuning is
     # unseeded as the original fine-tuning scripts.
     "seed",
+    # Fine-tuning's evaluator validates every checkpoint, and its runs are
+    # short: its chief waits for the workers.
+    "eval_throttle_secs", "chief_waits_for_workers_secs",
 }
 # BERT's names for the concepts the two scripts once named differently.
 OLD_NAMES = ("model_dir", "batch_size", "train_steps", "num_epochs")
