@@ -14,10 +14,11 @@ Training (`--training`): `nextitnet_pretrain.py` on the smallest size's
 dataset (64 channels, batch 32, sampled softmax with 1,000 negatives), as
 one process and as a local cluster (`distributed.local_cluster`: two ps
 holding the item tables in two partitions, a chief, and 0 or 1 more
-workers, i.e. 1 or 2 trainers), each for `--train_steps` global steps; steps/s is the median of the rates the chief
-logs over the second half of its run. On a 2-core machine the cluster's
-processes share the same two cores, so this measures correctness and
-overhead, not speed-up.
+workers, i.e. 1 or 2 trainers), each for `--train_steps` global steps;
+steps/s is the median of the rates each trainer logs over the second half
+of its steps, summed over the trainers, and the last loss each logged is
+kept. On a 2-core machine the cluster's processes share the same two
+cores, so this measures correctness and overhead, not speed-up.
 
   .venv/bin/python -m benchmarks.scale --work_dir=/tmp/scale   # ~30 min
   .venv/bin/python -m benchmarks.scale --sizes=1000000 --training
@@ -158,6 +159,12 @@ def measure_conversion(work_dir, num_users):
 _RATE = re.compile(r"step (\d+)/\d+ \(\d+%\): loss \S+, ([\d.]+) steps/s")
 
 
+def _last_loss(log_path):
+  with open(log_path) as f:
+    losses = re.findall(r"\): loss (\S+),", f.read())
+  return float(losses[-1]) if losses else float("nan")
+
+
 def _median_rate(log_path, total_steps):
   with open(log_path) as f:
     rates = [float(m.group(2)) for m in _RATE.finditer(f.read())
@@ -201,11 +208,18 @@ def measure_training(work_dir, data_dir):
                  "--num_train_steps=%d" % steps,
                  "--num_workers=%d" % num_workers, "--num_ps=2",
                  "--timeout=3000", "--"]
-      chief_log = os.path.join(out, "cluster_logs", "chief_0.log")
     seconds, peak, _ = run_measured(command + model_args + extra, log)
-    records.append({"setup": setup, "steps_per_sec": _median_rate(
-        chief_log, steps), "seconds": round(seconds, 1),
-                    "peak_pss_tree_mb": round(peak / 2**20)})
+    # Each trainer logs the rate of its own steps: the cluster's global
+    # rate is their sum.
+    trainer_logs = [log] if num_workers is None else [
+        os.path.join(out, "cluster_logs", name) for name in
+        ["chief_0.log"] + ["worker_%d.log" % i for i in range(num_workers)]]
+    records.append({"setup": setup, "steps_per_sec": round(sum(
+        _median_rate(path, steps // len(trainer_logs))
+        for path in trainer_logs), 2), "seconds": round(seconds, 1),
+                    "peak_pss_tree_mb": round(peak / 2**20),
+                    "last_losses": [_last_loss(path) for path in
+                                    trainer_logs]})
     print(json.dumps(records[-1]), flush=True)
   return records
 
