@@ -924,8 +924,11 @@ def _check_first_record(path, expected_lengths, meta_path):
         "the metadata expects %s" % (path, meta_path, got, expected_lengths))
 
 
-def load_metadata(data_dir):
+def load_metadata(data_dir, kind=None):
   """Reads `metadata.json` and checks the dataset's files against it.
+
+  `kind` ("pretrain" or "finetune"): the kind of dataset the caller needs;
+  another kind is a DatasetError saying which was found.
 
   Checks: the required keys; the TFRecord and vocabulary files exist; each
   vocabulary file parses, has as many entries as the metadata says and the
@@ -944,6 +947,11 @@ def load_metadata(data_dir):
     DatasetError with a message naming the inconsistent file.
   """
   metadata = read_metadata_json(data_dir)
+  if kind is not None and metadata["kind"] != kind:
+    raise DatasetError(
+        "--data_dir %s holds a %s dataset; this needs --kind=%s data "
+        "(python -m tfrecord_tools.convert_csv --kind=%s)" %
+        (data_dir, metadata["kind"], kind, kind))
   kind = metadata["kind"]
   meta_path = os.path.join(data_dir, METADATA_FILE)
   missing = [k for k in _REQUIRED_KEYS[kind] if k not in metadata]

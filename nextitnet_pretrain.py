@@ -434,11 +434,7 @@ def _checked_options(options):
 
 def _plan(f):
   """Reads the data's metadata, resolves and checks the configuration."""
-  metadata = data_loader.load_metadata(f.data_dir)
-  if metadata["kind"] != data_loader.PRETRAIN:
-    raise training_utils.RunError(
-        "--data_dir %s holds a %s dataset; pretraining needs --kind=pretrain "
-        "data" % (f.data_dir, metadata["kind"]))
+  metadata = data_loader.load_metadata(f.data_dir, data_loader.PRETRAIN)
   hp = resolve_hparams(f.preset, f.encoder,
                        {k: getattr(f, k) for k in PRESET_KEYS})
   causal = f.encoder == "nextitnet"

@@ -178,15 +178,6 @@ def _checked_options(options):
   return script_flags.with_seeds(f)
 
 
-def _load_dataset(data_dir):
-  metadata = data_loader.load_metadata(data_dir)
-  if metadata["kind"] != data_loader.FINETUNE:
-    raise finetuning.CompatibilityError(
-        "%s holds a %s dataset, not a fine-tuning one" %
-        (data_dir, metadata["kind"]))
-  return metadata
-
-
 def _validation_every(f, num_steps):
   return f.eval_every_steps or max(1, num_steps // 10)
 
@@ -354,7 +345,7 @@ def run(options):
     "task_patch" (task_patch.json, when exported), "saved_model".
   """
   f = _checked_options(options)
-  metadata = _load_dataset(f.data_dir)
+  metadata = data_loader.load_metadata(f.data_dir, data_loader.FINETUNE)
   tf.io.gfile.makedirs(f.output_dir)
   setup = finetuning.resolve_setup(f, metadata)
   outputs = {"parameters": finetuning.write_parameter_report(

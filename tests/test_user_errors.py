@@ -279,7 +279,7 @@ def test_user_mistakes_end_in_one_line(tmp_path, case):
   elif case == "pretrain: fine-tuning data":
     command = _pretrain_command(tmp_path, "--data_dir=" + finetune_dir,
                                 "--output_dir=%s" % (tmp_path / "m"))
-    message = "holds a finetune dataset; pretraining needs"
+    message = "holds a finetune dataset; this needs --kind=pretrain data"
   elif case == "pretrain: output_dir of another model":
     first = run_command(_pretrain_command(
         tmp_path, "--data_dir=" + pretrain_dir,
@@ -298,7 +298,7 @@ def test_user_mistakes_end_in_one_line(tmp_path, case):
   elif case == "finetune: pretraining data":
     command = _finetune_command(tmp_path, "--data_dir=" + pretrain_dir,
                                 "--output_dir=%s" % (tmp_path / "out"))
-    message = "holds a pretrain dataset, not a fine-tuning one"
+    message = "holds a pretrain dataset; this needs --kind=finetune data"
   else:
     first = run_command(_finetune_command(
         tmp_path, "--data_dir=" + finetune_dir,
