@@ -99,7 +99,7 @@ def test_trainers_shards_of_the_masked_rows_are_disjoint_and_cover_them(
   data_dir = test_reliability.finetune_world(str(tmp_path))
   f = ft._checked_options(_options(data_dir, str(tmp_path / "out"), None,
                                    method="peterzero"))
-  metadata = ft._load_dataset(data_dir)
+  metadata = data_loader.load_metadata(data_dir, data_loader.FINETUNE)
   setup = finetuning.resolve_setup(f, metadata)
   plan, _ = finetuning.plan_training(metadata, f)
   assert plan["num_validation"] > 0 and plan["num_train"] > 0
