@@ -181,12 +181,7 @@ def iter_text_lines(path, progress_fn=None, encoding="utf-8",
   """
   check_input_file(path)
   total_bytes = tf.io.gfile.stat(path).length
-  # Local files through Python's own reader (faster line iteration).
-  raw = (tf.io.gfile.GFile(path, "rb") if is_url(path) else open(path, "rb"))
-  try:
-    is_gzip = raw.read(2) == b"\x1f\x8b"
-    raw.seek(0)
-    stream = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
+  with open_binary(path) as (raw, stream):
     line_number = 0
     blank = []  # blank lines not yet known to be inside the file
     try:
@@ -218,6 +213,18 @@ def iter_text_lines(path, progress_fn=None, encoding="utf-8",
       raise DatasetError("input file is empty: %s" % path)
     if progress_fn is not None:
       progress_fn(line_number, total_bytes, total_bytes)
+
+
+@contextlib.contextmanager
+def open_binary(path):
+  """(raw file, byte stream) of `path`: the stream decompresses gzip (by its
+  magic bytes, whatever the name); `raw.tell()` is the position on disk.
+  Local files through Python's own reader (faster line iteration)."""
+  raw = (tf.io.gfile.GFile(path, "rb") if is_url(path) else open(path, "rb"))
+  try:
+    is_gzip = raw.read(2) == b"\x1f\x8b"
+    raw.seek(0)
+    yield raw, (gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw)
   finally:
     raw.close()
 

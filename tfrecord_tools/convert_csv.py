@@ -24,6 +24,7 @@ From Python (and in tests): `convert(kind, input_csv, output_dir, ...)`
 returns the metadata dict; `make_pretrain_dataset` / `make_finetune_dataset`
 write a small CSV from id lists and convert it in one call.
 """
+import itertools
 import os
 import sys
 
@@ -117,9 +118,9 @@ def _read_lines(read, input_files, skip_header):
     progress = common.ProgressLogger("reading %s" % path)
     parts.append(read(path, progress.lines, skip_header))
   if isinstance(parts[0], tuple):
-    return tuple(sum((list(p[i]) for p in parts), [])
+    return tuple(list(itertools.chain.from_iterable(p[i] for p in parts))
                  for i in range(len(parts[0])))
-  return sum(parts, [])
+  return list(itertools.chain.from_iterable(parts))
 
 
 def _write_split(out, split, features, lengths, num_shards):

@@ -25,7 +25,6 @@ its lines in file order (the training input shuffles). The test split holds
 about, not exactly, `test_fraction` of the lines.
 """
 import collections
-import gzip
 import os
 import pickle
 import shutil
@@ -54,6 +53,10 @@ def _mix64(value):
   return value ^ (value >> 31)
 
 
+def _seed_base(seed):
+  return _mix64((seed * 0x9E3779B97F4A7C15 + 1) & _MASK64)
+
+
 def split_unit(seed, *keys):
   """A number in [0, 1) fixed by `seed` and the int `keys`, uniform over keys.
 
@@ -61,7 +64,7 @@ def split_unit(seed, *keys):
   `split_unit(seed, line) < test_fraction`; a fine-tuning row split keys
   each (user, target) row by `split_unit(seed, line, target_position)`.
   """
-  value = _mix64((seed * 0x9E3779B97F4A7C15 + 1) & _MASK64)
+  value = _seed_base(seed)
   for key in keys:
     value = _mix64((value ^ (key + 0x9E3779B97F4A7C15)) & _MASK64)
   return (value >> 11) / float(1 << 53)
@@ -76,7 +79,7 @@ def _mix64_array(value):
 
 def split_units(seed, keys):
   """`split_unit(seed, key)` of each int of `keys`: float64 array."""
-  base = np.uint64(_mix64((seed * 0x9E3779B97F4A7C15 + 1) & _MASK64))
+  base = np.uint64(_seed_base(seed))
   keys = np.asarray(keys, dtype=np.int64).astype(np.uint64)
   value = _mix64_array(base ^ (keys + np.uint64(0x9E3779B97F4A7C15)))
   return (value >> np.uint64(11)).astype(np.float64) / float(1 << 53)
@@ -215,15 +218,13 @@ def _raw_blocks(input_files, skip_header, progress):
   index = 0
   for number, path in enumerate(input_files):
     before = sum(sizes[:number])
-    raw = (tf.io.gfile.GFile(path, "rb") if data_loader.is_url(path)
-           else open(path, "rb"))
-    try:
-      is_gzip = raw.read(2) == b"\x1f\x8b"
-      raw.seek(0)
-      stream = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
+    with data_loader.open_binary(path) as (raw, stream):
       rest, skip = b"", skip_header
       while True:
-        chunk = stream.read(numeric_ids.BLOCK_BYTES)
+        try:
+          chunk = stream.read(numeric_ids.BLOCK_BYTES)
+        except (OSError, EOFError, zlib.error) as e:
+          raise data_loader.DatasetError("cannot read %s: %s" % (path, e))
         lines = (rest + chunk).split(b"\n")
         rest = lines.pop() if chunk else b""
         if not chunk and lines == [b""]:
@@ -235,10 +236,6 @@ def _raw_blocks(input_files, skip_header, progress):
         progress.update(index, before + raw.tell(), sum(sizes))
         if not chunk:
           break
-    except (OSError, EOFError, zlib.error) as e:
-      raise data_loader.DatasetError("cannot read %s: %s" % (path, e))
-    finally:
-      raw.close()
 
 
 def _own_lines(start, lines, owner, num_owners):
@@ -334,21 +331,43 @@ class _ExampleWriter(object):
     self._writer.close()
 
 
+class _ShardWriters(object):
+  """The writers of one worker's shards of both splits (a context manager
+  that closes them); `records()` counts what each wrote."""
+
+  def __init__(self, job, worker, num_workers, names):
+    self.mine = [s for s in range(job["num_shards"])
+                 if s % num_workers == worker]
+    self._writers = {(split, s): _ExampleWriter(job["paths"][split][s], names)
+                     for split in ("train", "test") for s in self.mine}
+
+  def __getitem__(self, split_and_shard):
+    return self._writers[split_and_shard]
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *unused):
+    for writer in self._writers.values():
+      writer.close()
+    return False
+
+  def records(self):
+    return {"%s/%d" % key: w.count for key, w in self._writers.items()}
+
+
 def _write(job, worker, num_workers, progress):
   """Pass 2 over the shards of `worker`: writes them; returns their counts."""
   num_shards = job["num_shards"]
-  mine = [s for s in range(num_shards) if s % num_workers == worker]
   finetune = job["kind"] == data_loader.FINETUNE
   names = ("source", "target", "user") if finetune else ("itemseq",)
-  writers = {(split, s): _ExampleWriter(job["paths"][split][s], names)
-             for split in ("train", "test") for s in mine}
   item_id = job["item_ids"].__getitem__  # every token counted in pass 1
   length = job["length"]
   counts = {"num_train_lines": 0, "num_train_users": 0, "num_test_users": 0,
             "train_targets": collections.Counter(), "first": {}}
   seed, fraction = job["split_seed"], job["test_fraction"]
   by_user = job.get("split_by", "row") == "user" or not finetune
-  try:
+  with _ShardWriters(job, worker, num_workers, names) as writers:
     for index, path, line_number, text in _numbered_lines(
         job["input_files"], job["skip_header"], progress):
       shard = index % num_shards
@@ -385,10 +404,7 @@ def _write(job, worker, num_workers, progress):
         writers[split, shard].write(row, [target_id], [index])
       counts["num_train_users"] += "train" in seen
       counts["num_test_users"] += "test" in seen
-  finally:
-    for writer in writers.values():
-      writer.close()
-  counts["records"] = {"%s/%d" % key: w.count for key, w in writers.items()}
+  counts["records"] = writers.records()
   return counts
 
 
@@ -397,12 +413,9 @@ def _write_numeric(job, worker, num_workers, progress):
   `_write`, byte for byte, vectorized. `num_workers` divides num_shards, so
   the lines of this worker's shards are every num_workers-th line."""
   num_shards = job["num_shards"]
-  mine = [s for s in range(num_shards) if s % num_workers == worker]
-  writers = {(split, s): _ExampleWriter(job["paths"][split][s], ["itemseq"])
-             for split in ("train", "test") for s in mine}
   serializer = numeric_ids.ExampleSerializer("itemseq", tf.train.Example)
   counts = {"num_train_lines": 0, "first": {}}
-  try:
+  with _ShardWriters(job, worker, num_workers, ["itemseq"]) as writers:
     for start, lines in _raw_blocks(job["input_files"], job["skip_header"],
                                     progress):
       indices, own = _own_lines(start, lines, worker, num_workers)
@@ -417,7 +430,7 @@ def _write_numeric(job, worker, num_workers, progress):
                                      job["length"])
       is_test = split_units(job["split_seed"], indices) < job["test_fraction"]
       shards = indices % num_shards
-      for shard in mine:
+      for shard in writers.mine:
         for split, selected in (("train", ~is_test), ("test", is_test)):
           chosen = rows[selected & (shards == shard)]
           if split == "train":
@@ -431,10 +444,7 @@ def _write_numeric(job, worker, num_workers, progress):
           writer = writers[split, shard]
           for record in serializer.serialize(chosen):
             writer.write_serialized(record)
-  finally:
-    for writer in writers.values():
-      writer.close()
-  counts["records"] = {"%s/%d" % key: w.count for key, w in writers.items()}
+  counts["records"] = writers.records()
   return counts
 
 
