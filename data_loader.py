@@ -1128,7 +1128,10 @@ def _records(input_files, is_training, batch_size, drop_remainder, seed,
   if row_mask is not None:
     keep = tf.constant(np.asarray(row_mask, dtype=bool))
     dataset = dataset.enumerate().filter(
-        lambda index, _: tf.gather(keep, index)).map(lambda _, record: record)
+        tf.autograph.experimental.do_not_convert(
+            lambda index, _: tf.gather(keep, index))).map(
+                tf.autograph.experimental.do_not_convert(
+                    lambda _, record: record))
   if is_training:
     # Shuffle within a buffer, then repeat so every epoch sees each record.
     dataset = dataset.shuffle(shuffle_buffer, seed=seed,
@@ -1174,6 +1177,8 @@ def pretrain_input_fn_builder(input_files, seq_length, batch_size, is_training,
       "itemseq": tf.io.FixedLenFeature([seq_length], tf.int64),
   }
 
+  # Plain graph code: AutoGraph's conversion of it costs start-up time only.
+  @tf.autograph.experimental.do_not_convert
   def parse_batch(serialized):
     """[B] serialized -> {"itemseq": int32 [B, seq_length]}."""
     parsed = tf.io.parse_example(serialized, name_to_features)
@@ -1284,6 +1289,7 @@ def finetune_input_fn_builder(input_files, source_length, causal, batch_size,
         exclude_positive=lambdafm_exclude_positive,
         stateless_seed=stateless_seed)
 
+  @tf.autograph.experimental.do_not_convert
   def parse_batch(serialized, stateless_seed):
     """[B] serialized, [2] seed -> {"rows", "target", "negatives"}."""
     parsed = tf.io.parse_example(serialized, name_to_features)

@@ -268,6 +268,7 @@ def input_fn_builder(input_files, seq_length, batch_size, is_training,
   if encoder not in ENCODERS:
     raise ValueError("encoder must be one of %s, got %r" % (ENCODERS, encoder))
 
+  @tf.autograph.experimental.do_not_convert  # plain graph code
   def add_masks(features, stateless_seed):
     masked, positions, labels = masking.mask_items(
         features["itemseq"], item_size, masked_lm_prob,
@@ -646,7 +647,7 @@ def _make_estimator(plan):
       keep_checkpoint_max=f.keep_checkpoint_max,
       save_summary_steps=f.save_summary_steps,
       intra_op_threads=f.intra_op_threads,
-      inter_op_threads=f.inter_op_threads)
+      inter_op_threads=f.inter_op_threads, save_graph_def=f.save_graph_def)
 
 
 def run(options, command=None):

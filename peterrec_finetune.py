@@ -238,7 +238,8 @@ def train(f, setup, metadata, estimator, plan, num_steps, cluster_task=None):
     hooks.append(training_utils.BestCheckpointHook(
         estimator, validation_input_fn,
         every_n_steps=_validation_every(f, num_steps), metric=metric,
-        best_dir=best_dir, patience=f.early_stopping_patience, log=print))
+        best_dir=best_dir, patience=f.early_stopping_patience, log=print,
+        validate_at_start=f.validate_at_start))
   shard = training_utils.training_shard(cluster_task)
   train_input_fn = input_fn_builder(f, setup, metadata, split="train",
                                     row_mask=plan["train_mask"],
@@ -436,6 +437,9 @@ FLAGS_OF_FINETUNING = script_flags.flag_table("""
     the best the same way (docs/SCALE.md).
 --split_seed (integer; default: 10)
     Seed of the validation split.
+--validate_at_start (bool; default: false)
+    Also validate the restored model before the first training step (the
+    curve's step-0 point; about 3 s of start-up at the demo size).
 --eval_every_steps (integer)
     Validation cadence; default a tenth of the training steps. Under TF_CONFIG
     the chief also writes a checkpoint this often, and the evaluator validates
@@ -478,8 +482,6 @@ FLAGS_OF_FINETUNING = script_flags.flag_table("""
     Evaluate/predict an exported task_patch/ directory with the backbone
     --init_checkpoint (default: the one the patch records); needs
     --do_train=false.
---save_graph_def (bool; default: false)
-    Write graph.pbtxt and .meta files with the checkpoints.
 """, enums={"backbone": finetuning.BACKBONES, "method": finetuning.METHODS,
             "insertion": finetuning.INSERTIONS,
             "cls_position": finetuning.CLS_POSITIONS,

@@ -372,6 +372,7 @@ def cell_options(task, row, data_dir, cell_dir, checkpoint, finetune_settings,
       task=task.kind, seed=seed,
       tf_random_seed=seed, learning_rate=learning_rate,
       labelled_fraction=labelled_fraction, export_task_patch=False,
+      validate_at_start=True,  # the curves' step-0 point
       save_checkpoints_steps=max(steps, 1), keep_checkpoint_max=1,
       log_step_count_steps=max(100, steps), save_summary_steps=max(100, steps))
   return options

@@ -132,6 +132,10 @@ SHARED_FLAGS = flag_table("""
     benchmarks/README.md).
 --inter_op_threads (integer; default: 2)
     TensorFlow inter-op threads.
+--save_graph_def (bool; default: false)
+    Write graph.pbtxt and a .meta file with every checkpoint (and the graph
+    to TensorBoard). Off: the scripts rebuild the graph from code, and the
+    text graph costs about 2 s of start-up.
 # A parameter-server cluster (TF_CONFIG; docs/SCALE.md).
 --eval_throttle_secs (integer; default: 600)
     While training runs through train_and_evaluate (pretraining, and

@@ -58,7 +58,7 @@ def test_the_tested_checkpoint_is_the_best_validation_step(world, tmp_path):
   selection = summary["validation"]
   history = selection["history"]
   steps = [h["step"] for h in history]
-  assert steps == list(range(0, 61, 10))  # before training, every 10, end
+  assert steps == list(range(10, 61, 10))  # every 10 steps, and the end
   best_value = max(h["metrics"]["accuracy"] for h in history)
   best_step = max(h["step"] for h in history
                   if h["metrics"]["accuracy"] == best_value)
@@ -85,8 +85,10 @@ def test_early_stopping_after_patience_evaluations_below_the_best(
     world, tmp_path):
   summary = ft.run(_options(world, tmp_path / "run", num_train_steps=400,
                             eval_every_steps=5, learning_rate=0.05,
-                            early_stopping_patience=2))["metrics"]
+                            early_stopping_patience=2,
+                            validate_at_start=True))["metrics"]
   history = summary["validation"]["history"]
+  assert [h["step"] for h in history[:2]] == [0, 5]  # the restored model too
   best = summary["validation"]["best"]
   last_step = history[-1]["step"]
   assert last_step < 400, "did not stop early"
