@@ -229,10 +229,11 @@ class RawSession(_SessionSteps):
       config_fields["conv_implementation"] = "conv2d"  # see _patched
     self._graph = tf.Graph()
     with self._graph.as_default(), _patched(settings):
-      if workload.startswith("pretrain"):
-        encoder = workload[len("pretrain_"):]
+      spec = workloads.workload(workload)
+      encoder = spec.encoder
+      if spec.pretraining:
         meta = data["pretrain"]
-        config = workloads.model_config(preset, encoder == "nextitnet").replace(
+        config = workloads.model_config(preset, spec.causal).replace(
             **config_fields)
         input_fn = nextitnet_pretrain.input_fn_builder(
             meta["paths"]["train"], meta["seq_length"], preset.pretrain_batch,
@@ -242,11 +243,12 @@ class RawSession(_SessionSteps):
         num_sampled = workloads.default_num_sampled(preset)
         if encoder == "nextitnet":
           loss = networks.nextitnet_pretrain(features["itemseq"], config,
+                                             softmax=spec.softmax,
                                              num_sampled=num_sampled)["loss"]
         else:
           loss = networks.grec_pretrain(
               features["masked_itemseq"], features["masked_positions"],
-              features["masked_labels"], config,
+              features["masked_labels"], config, softmax=spec.softmax,
               num_sampled=num_sampled)["loss"]
         var_list = None
       else:
@@ -261,7 +263,7 @@ class RawSession(_SessionSteps):
             input_fn({})).get_next()
         loss, var_list = workloads.finetune_loss(
             features["rows"][:, :-1], features["target"],
-            features["negatives"][:, 0], config, workload[len("finetune_"):],
+            features["negatives"][:, 0], config, spec.insertion,
             meta["target_vocab_size"])
       train_op = tf.compat.v1.train.AdamOptimizer(0.001).minimize(
           loss, var_list=var_list)
@@ -303,11 +305,8 @@ class ScriptSession(_SessionSteps):
 
 def build_variant(name, workload, preset, data, work_dir):
   if name == "feed_dict":
-    if workload.startswith("pretrain"):
-      return feed_dict_baseline.pretrain_loop(preset, data["pretrain"],
-                                              workload[len("pretrain_"):])
-    return feed_dict_baseline.finetune_loop(preset, data["finetune"],
-                                            workload[len("finetune_"):])
+    return feed_dict_baseline.loop_for(workloads.workload(workload), preset,
+                                       data)
   if name == "estimator":
     return pipeline.EstimatorTraining(workload, preset, data, work_dir)
   if name == "script_session":
@@ -317,7 +316,7 @@ def build_variant(name, workload, preset, data, work_dir):
 
 
 def measure(workload, preset, data, work_dir, names, reps, steps):
-  pretraining = workload.startswith("pretrain")
+  pretraining = workloads.workload(workload).pretraining
   warmup = preset.pretrain_warmup if pretraining else preset.finetune_warmup
   runners = collections.OrderedDict()
   for name in names:
@@ -382,7 +381,7 @@ def main(argv):
     raise app.UsageError("unknown variants %s; known: %s" %
                          (unknown, list(VARIANTS)))
   preset = workloads.PRESETS[FLAGS.preset]
-  pretraining = FLAGS.workload.startswith("pretrain")
+  pretraining = workloads.workload(FLAGS.workload).pretraining
   steps = FLAGS.steps or (preset.pretrain_steps[1] if pretraining
                           else preset.finetune_steps[1])
   temporary = FLAGS.work_dir is None

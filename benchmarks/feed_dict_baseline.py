@@ -129,8 +129,12 @@ def random_negs(low, high, count, excluded, rng):
   return [random_neq(low, high, excluded, rng) for _ in range(count)]
 
 
-def pretrain_loop(preset, metadata, encoder, seed=1):
-  """(a) for NextItNet ("nextitnet") or GRec ("grec") pretraining."""
+def pretrain_loop(preset, metadata, encoder, seed=1, softmax="sampled"):
+  """(a) for NextItNet ("nextitnet") or GRec ("grec") pretraining.
+
+  softmax: "sampled" (`tf.nn.sampled_softmax_loss`) or "full" (the 1x1
+  conv `logits` over every item and the softmax cross-entropy).
+  """
   rng = np.random.default_rng(seed)
   train = read_int_records(metadata["paths"]["train"],
                            {"itemseq": metadata["seq_length"]})["itemseq"]
@@ -144,7 +148,7 @@ def pretrain_loop(preset, metadata, encoder, seed=1):
     # The original's placeholders are [None, None].
     itemseq = tf.compat.v1.placeholder(tf.int32, [None, None], "input")
     if causal:
-      loss = networks.nextitnet_pretrain(itemseq, config,
+      loss = networks.nextitnet_pretrain(itemseq, config, softmax=softmax,
                                          num_sampled=num_sampled)["loss"]
     else:
       positions = tf.compat.v1.placeholder(tf.int32, [None, None],
@@ -152,6 +156,7 @@ def pretrain_loop(preset, metadata, encoder, seed=1):
       labels = tf.compat.v1.placeholder(tf.int32, [None, None],
                                         "masked_items")
       loss = networks.grec_pretrain(itemseq, positions, labels, config,
+                                    softmax=softmax,
                                     num_sampled=num_sampled)["loss"]
     train_op = tf.compat.v1.train.AdamOptimizer(0.001, beta1=0.9).minimize(
         loss)
@@ -167,6 +172,14 @@ def pretrain_loop(preset, metadata, encoder, seed=1):
             labels: masked_labels}
 
   return _Loop(graph, train_op, loss, next_feed)
+
+
+def loop_for(workload, preset, data, seed=1):
+  """(a) for a workloads.Workload."""
+  if workload.pretraining:
+    return pretrain_loop(preset, data["pretrain"], workload.encoder, seed,
+                         workload.softmax)
+  return finetune_loop(preset, data["finetune"], workload.insertion, seed)
 
 
 def finetune_loop(preset, metadata, insertion, seed=1):

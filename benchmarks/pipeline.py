@@ -109,28 +109,29 @@ class EstimatorTraining(object):
 
   def __init__(self, workload, preset, data, work_dir, seed=1):
     self._workload = workload
+    self._spec = workloads.workload(workload)
     self._preset = preset
     self._data = data
     self._work_dir = work_dir
     self._seed = seed
     self._count = 0
-    self.batch_size = (preset.pretrain_batch if workload.startswith("pretrain")
+    self.batch_size = (preset.pretrain_batch if self._spec.pretraining
                        else preset.finetune_batch)
 
   def model_fn_and_input_fn(self):
     preset, data = self._preset, self._data
-    if self._workload.startswith("pretrain"):
-      encoder = self._workload[len("pretrain_"):]
+    spec = self._spec
+    if spec.pretraining:
       meta = data["pretrain"]
-      config = workloads.model_config(preset, encoder == "nextitnet")
+      config = workloads.model_config(preset, spec.causal)
       model_fn = nextitnet_pretrain.model_fn_builder(
-          config, "sampled", 0.001,
+          config, spec.softmax, 0.001,
           num_sampled=workloads.default_num_sampled(preset))
       input_fn = nextitnet_pretrain.input_fn_builder(
           meta["paths"]["train"], meta["seq_length"], self.batch_size, True,
-          encoder, config.item_size, seed=self._seed)
+          spec.encoder, config.item_size, seed=self._seed)
       return model_fn, input_fn
-    insertion = self._workload[len("finetune_"):]
+    insertion = spec.insertion
     meta = data["finetune"]
     config = workloads.model_config(preset, True)
     model_fn = peterrec_finetune.model_fn_builder(
@@ -146,12 +147,11 @@ class EstimatorTraining(object):
 
   def _estimator(self, model_fn, model_dir):
     return training_utils.make_estimator(
-        model_fn, model_dir, tf_random_seed=self._seed,
-        save_graph_def=self._workload.startswith("pretrain"))
+        model_fn, model_dir, tf_random_seed=self._seed)
 
   def _script_hooks(self, model_dir):
     """The hooks the script's own `run` adds to `Estimator.train`."""
-    if self._workload.startswith("pretrain"):
+    if self._spec.pretraining:
       return [training_utils.ProgressHook(
           nextitnet_pretrain.TRAIN_LOSS_NAME + ":0", self.batch_size, 100,
           total_steps=10 ** 9, output_dir=model_dir)]

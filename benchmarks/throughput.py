@@ -87,21 +87,22 @@ def define_flags():
 
 def step_sizes(workload, preset, data):
   """(sequences, positions, training FLOPs) of one step of `workload`."""
+  spec = workloads.workload(workload)
   blocks = len(preset.dilations)
-  if workload.startswith("pretrain"):
-    encoder = workload[len("pretrain_"):]
+  if spec.pretraining:
     seq_length = data["pretrain"]["seq_length"]
     count = flops_lib.pretrain_flops(
-        encoder, preset.pretrain_batch, seq_length, preset.channels,
+        spec.encoder, preset.pretrain_batch, seq_length, preset.channels,
         preset.kernel_size, blocks, preset.num_items,
         workloads.default_num_sampled(preset),
-        num_predictions=workloads.num_predictions(preset))
-    length = seq_length - 1 if encoder == "nextitnet" else seq_length
+        num_predictions=workloads.num_predictions(preset),
+        softmax=spec.softmax)
+    length = seq_length - 1 if spec.causal else seq_length
     return preset.pretrain_batch, preset.pretrain_batch * length, count.train
   context = data["finetune"]["source_length"] + 1  # [source..., [CLS]]
   count = flops_lib.finetune_flops(
       preset.finetune_batch, context, preset.channels, preset.kernel_size,
-      blocks, patch=workload[len("finetune_"):])
+      blocks, patch=spec.insertion)
   return (preset.finetune_batch, preset.finetune_batch * context,
           count.train)
 
@@ -130,17 +131,13 @@ def _record(workload, variant, rep, window, steps):
 def measure_workload(workload, preset, data, work_dir, reps, steps_scale,
                      peak):
   """Interleaved windows of a, b, c and the matmul peak for one workload."""
-  pretraining = workload.startswith("pretrain")
+  pretraining = workloads.workload(workload).pretraining
   steps = preset.pretrain_steps if pretraining else preset.finetune_steps
   steps = [max(1, int(round(s * steps_scale))) for s in steps]
   warmup = preset.pretrain_warmup if pretraining else preset.finetune_warmup
   logging.info("%s: building (a) feed_dict loop", workload)
-  if pretraining:
-    loop = feed_dict_baseline.pretrain_loop(
-        preset, data["pretrain"], workload[len("pretrain_"):])
-  else:
-    loop = feed_dict_baseline.finetune_loop(
-        preset, data["finetune"], workload[len("finetune_"):])
+  loop = feed_dict_baseline.loop_for(workloads.workload(workload), preset,
+                                     data)
   estimator = pipeline.EstimatorTraining(workload, preset, data, work_dir)
   input_only = pipeline.InputOnly(estimator.input_fn(),
                                   estimator.session_config())

@@ -5,6 +5,7 @@ pretraining and a fine-tuning TFRecord dataset of that size with the
 project's own converter (`tfrecord_tools.convert_csv`), plus a randomly
 initialized backbone checkpoint for fine-tuning to start from.
 """
+import collections
 import contextlib
 import dataclasses
 import json
@@ -24,8 +25,44 @@ from ops import modeling
 from ops import networks
 from tfrecord_tools import convert_csv
 
-WORKLOADS = ("pretrain_nextitnet", "pretrain_grec", "finetune_serial",
-             "finetune_parallel")
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """What a benchmark workload trains.
+
+  pretraining: True for the pretraining script, False for fine-tuning.
+  encoder: "nextitnet" (causal) or "grec" (pretraining only).
+  softmax: the pretraining head, "sampled" or "full".
+  insertion: PeterRec's patches, "serial" or "parallel" (fine-tuning only).
+  """
+  name: str
+  pretraining: bool
+  encoder: str = "nextitnet"
+  softmax: str = "sampled"
+  insertion: str = "serial"
+
+  @property
+  def causal(self):
+    return self.encoder == "nextitnet"
+
+
+WORKLOAD_SPECS = collections.OrderedDict((w.name, w) for w in (
+    Workload("pretrain_nextitnet", True),
+    Workload("pretrain_nextitnet_full", True, softmax="full"),
+    Workload("pretrain_grec", True, encoder="grec"),
+    Workload("finetune_serial", False),
+    Workload("finetune_parallel", False, insertion="parallel"),
+))
+WORKLOADS = tuple(WORKLOAD_SPECS)
+
+
+def workload(name):
+  """The Workload called `name` (one of WORKLOADS)."""
+  if name not in WORKLOAD_SPECS:
+    raise ValueError("unknown workload %r, expected one of %s" %
+                     (name, WORKLOADS))
+  return WORKLOAD_SPECS[name]
 
 
 @dataclasses.dataclass

@@ -183,15 +183,19 @@ def full_softmax_logits(hidden, item_size, conv_implementation="atrous",
                        output_partitions=partitions)
 
 
-def full_softmax_loss(logits, labels):
-  """Mean softmax cross-entropy over every position.
+def full_softmax_losses(logits, labels):
+  """Softmax cross-entropy of every position: float32 [...].
 
   Args:
     logits: float32 [..., item_size]; labels: int [...] of the same prefix.
   """
-  return tf.reduce_mean(
-      tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels=tf.cast(labels, tf.int32), logits=logits))
+  return tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=tf.cast(labels, tf.int32), logits=logits)
+
+
+def full_softmax_loss(logits, labels):
+  """Mean softmax cross-entropy over every position (see full_softmax_losses)."""
+  return tf.reduce_mean(full_softmax_losses(logits, labels))
 
 
 def output_logits(vectors, softmax_w, softmax_b):

@@ -76,16 +76,21 @@ def item_loss(vectors, labels, config, output_layer, num_sampled, seed=None):
     vectors: float32 [N, width]; labels: int [N].
     num_sampled: int, negatives of the sampled softmax.
   """
+  towers = modeling.num_towers(
+      config, layers.get_shape_list(vectors, expected_rank=2)[0],
+      min_rows=MIN_HEAD_TOWER_ROWS)
   if output_layer is not None:
     softmax_w, softmax_b = output_layer
-    towers = modeling.num_towers(
-        config, layers.get_shape_list(vectors, expected_rank=2)[0],
-        min_rows=MIN_HEAD_TOWER_ROWS)
     return heads.sampled_softmax_loss(
         vectors, labels, softmax_w, softmax_b, num_sampled, seed=seed,
         implementation=config.softmax_implementation,
         embedding_gradients=config.embedding_gradients, towers=towers)
-  return heads.full_softmax_loss(item_logits(vectors, config, None), labels)
+  # The [N, item_size] logits and their cross-entropy, the largest part of a
+  # full-softmax step, in row blocks side by side (one per core; G10).
+  return tf.reduce_mean(tf.concat([
+      heads.full_softmax_losses(item_logits(rows, config, None), row_labels)
+      for rows, row_labels in zip(layers.split_rows(vectors, towers),
+                                  layers.split_rows(labels, towers))], 0))
 
 
 def nextitnet_pretrain(itemseq, config, softmax="sampled", num_sampled=None,
