@@ -2,7 +2,8 @@
 # One entry point for users and CI.
 #   bash run.sh demo   create .venv (first time), then run the built-in demo
 #   bash run.sh test   create .venv (first time), then run the test suite
-#   bash run.sh bench  create .venv (first time), then benchmarks/throughput.py
+#   bash run.sh bench  create .venv (first time), then benchmarks/suite.py
+#                      (training, evaluation, serving, start-up)
 # Extra arguments after the command are passed on (to the demo script or pytest).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -41,7 +42,7 @@ case "$cmd" in
     ;;
   bench)
     ensure_venv
-    exec "$VENV/bin/python" -m benchmarks.throughput "$@"
+    exec "$VENV/bin/python" -m benchmarks.suite "$@"
     ;;
   *)
     echo "usage: bash run.sh demo|test|bench [args...]" >&2

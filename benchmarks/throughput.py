@@ -9,9 +9,12 @@ interleaved and after warm-up, several repetitions of:
                  by `ops/` in the original's formulation
                  (`modeling.ORIGINAL_EXECUTION`: `atrous_conv2d`, moments
                  layer norm, ...; benchmarks/feed_dict_baseline.py);
-  (b) estimator  what users run: the scripts' `model_fn_builder`, input_fn
-                 and Estimator settings over TFRecords (benchmarks/pipeline.py);
-  (c) input      the same input_fn alone, no model;
+  (b) the script what users run: `nextitnet_pretrain.py` /
+                 `peterrec_finetune.py` started in a process of its own with
+                 a user's flags and environment, over the TFRecords written
+                 by `tfrecord_tools` (benchmarks/script_runs.py); its window
+                 of steps is timed inside that process after warm-up;
+  (c) input      the script's input_fn alone, no model;
   peak           a 2048x2048 float32 matmul, the machine's ceiling;
 
 and prints medians: steps/s, sequences/s, positions/s, achieved GFLOP/s (an
@@ -24,11 +27,13 @@ the windows (a window where they used more than 5% of a core is flagged).
   .venv/bin/python -m benchmarks.throughput --workloads=pretrain_nextitnet \
       --reps=5 --json_output=/tmp/throughput.json
 
-Each variant runs with the thread pools it would have in a process of its
-own: TF_OVERRIDE_GLOBAL_THREADPOOL=1 (set here, before TensorFlow is
-imported) gives every session its own intra-op pool, the first session of
-the process sizes the global inter-op pool like the scripts' Estimator, and
-(a) and the peak get inter-op pools of their own with TF's defaults.
+The windows of one repetition run one after the other in a rotating order
+(the benchmark process waits while the script runs). (a), (c) and the peak
+run in this process with the thread pools they would have in a process of
+their own: TF_OVERRIDE_GLOBAL_THREADPOOL=1 (set here, before TensorFlow is
+imported, and removed from the script's environment) gives every session
+its own intra-op pool, and (a) and the peak get inter-op pools of their own
+with TF's defaults, as `tf.Session()` in the original has.
 """
 import os
 os.environ.setdefault("TF_OVERRIDE_GLOBAL_THREADPOOL", "1")
@@ -49,14 +54,16 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+import training_utils
 from benchmarks import cpu_monitor
 from benchmarks import feed_dict_baseline
 from benchmarks import flops as flops_lib
 from benchmarks import pipeline
+from benchmarks import script_runs
 from benchmarks import workloads
 
 VARIANTS = ("a", "b", "c", "peak")
-VARIANT_NAMES = {"a": "(a) feed_dict", "b": "(b) estimator",
+VARIANT_NAMES = {"a": "(a) feed_dict", "b": "(b) the script",
                  "c": "(c) input only", "peak": "matmul peak"}
 PEAK_SIZE = 2048
 PEAK_STEPS = 4
@@ -121,11 +128,28 @@ def _timed(runner, num_steps):
 
 
 def _record(workload, variant, rep, window, steps):
+  """One window's record; `window` a dict of CpuWindow's fields."""
+  other = window["other_cores"]
   return {"workload": workload, "variant": variant, "rep": rep,
-          "seconds": window.seconds, "steps": steps,
-          "steps_per_sec": steps / window.seconds,
-          "other_cores": window.other_cores, "own_cores": window.own_cores,
-          "noisy": window.noisy}
+          "seconds": window["seconds"], "steps": steps,
+          "steps_per_sec": steps / window["seconds"],
+          "other_cores": other, "own_cores": window["own_cores"],
+          "noisy": other is not None and
+                   other > cpu_monitor.NOISY_OTHER_CORES}
+
+
+def _script_window(workload, preset, data, work_dir, rep, warmup, steps):
+  """(b): the script in a process of its own; returns (window, steps)."""
+  spec = workloads.workload(workload)
+  output_dir = os.path.join(work_dir, "b_%s_%d" % (workload, rep))
+  shutil.rmtree(output_dir, ignore_errors=True)
+  run = script_runs.run(
+      script_runs.script_of(spec),
+      script_runs.script_arguments(spec, preset, data, output_dir,
+                                   num_train_steps=warmup + steps),
+      warmup_steps=warmup, timed_steps=steps)
+  shutil.rmtree(output_dir, ignore_errors=True)
+  return run["window"]
 
 
 def measure_workload(workload, preset, data, work_dir, reps, steps_scale,
@@ -138,31 +162,29 @@ def measure_workload(workload, preset, data, work_dir, reps, steps_scale,
   logging.info("%s: building (a) feed_dict loop", workload)
   loop = feed_dict_baseline.loop_for(workloads.workload(workload), preset,
                                      data)
-  estimator = pipeline.EstimatorTraining(workload, preset, data, work_dir)
-  input_only = pipeline.InputOnly(estimator.input_fn(),
-                                  estimator.session_config())
+  input_only = pipeline.InputOnly(
+      pipeline.EstimatorTraining(workload, preset, data, work_dir).input_fn(),
+      training_utils.session_config())
   loop.run_steps(warmup)
   input_only.run_steps(max(10, steps[2] // 10))
   records = []
-
-  def others(rep):
-    """The windows of a, c and the peak before (b)'s window `rep`."""
-    order = ["a", "c", "peak"]
-    order = order[rep % 3:] + order[:rep % 3]  # no fixed neighbours
-    for variant in order:
-      runner, count = {"a": (loop, steps[0]), "c": (input_only, steps[2]),
-                       "peak": (peak, PEAK_STEPS)}[variant]
-      window, count = _timed(runner, count)
-      records.append(_record(workload, variant, rep, window, count))
-      _log(records[-1])
-
   try:
-    # (b) is one long Estimator.train; the hook pauses it before each of its
-    # windows to run the others' windows.
-    windows = estimator.run_interleaved(warmup, steps[1], reps, others)
-    for rep, (window, count) in enumerate(windows):
-      records.append(_record(workload, "b", rep, window, count))
-      _log(records[-1])
+    for rep in range(reps):
+      order = ["a", "b", "c", "peak"]
+      order = order[rep % 4:] + order[:rep % 4]  # no fixed neighbours
+      for variant in order:
+        if variant == "b":
+          window = _script_window(workload, preset, data, work_dir, rep,
+                                  warmup, steps[1])
+          record = _record(workload, "b", rep, window, window["steps"])
+        else:
+          runner, count = {"a": (loop, steps[0]),
+                           "c": (input_only, steps[2]),
+                           "peak": (peak, PEAK_STEPS)}[variant]
+          window, count = _timed(runner, count)
+          record = _record(workload, variant, rep, vars(window), count)
+        records.append(record)
+        _log(record)
   finally:
     loop.close()
     input_only.close()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import flops
+from benchmarks import script_runs
 from benchmarks import startup
 from benchmarks import workloads
 from tests import conftest
@@ -221,3 +222,23 @@ def test_serving_smoke_reports_three_ways(tmp_path):
     assert 0 < row["p50_ms"] <= row["p99_ms"]
     assert row["users_per_sec"] > 0
   assert "| signature |" in stdout
+
+
+def test_the_script_runs_with_the_users_environment(monkeypatch):
+  monkeypatch.setenv("TF_OVERRIDE_GLOBAL_THREADPOOL", "1")
+  monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+  environment = script_runs.user_environment()
+  assert "TF_OVERRIDE_GLOBAL_THREADPOOL" not in environment
+  assert environment["TF_CPP_MIN_LOG_LEVEL"] == "2"
+
+
+def test_suite_smoke_collects_each_benchmark(tmp_path):
+  output_json = str(tmp_path / "suite.json")
+  stdout = _run_module(
+      "benchmarks.suite", ["--preset=smoke", "--reps=1", "--only=startup",
+                           "--json_output=" + output_json], tmp_path)
+  with open(output_json) as f:
+    results = json.load(f)
+  assert set(results["seconds"]) == {"startup"}
+  assert set(results["startup"]["runs"]) == set(startup.SCRIPTS)
+  assert "| **to step 1** |" in stdout
