@@ -49,7 +49,7 @@ def item_logits(vectors, config, output_layer):
   """Scores of every item for each hidden vector.
 
   Args:
-    vectors: float32 [N, width].
+    vectors: float32 [N, width], or [B, L, width] (N = B * L rows).
     config: ModelConfig.
     output_layer: result of pretrain_output_layer.
 
@@ -59,8 +59,13 @@ def item_logits(vectors, config, output_layer):
   if output_layer is not None:
     softmax_w, softmax_b = output_layer
     return heads.output_logits(vectors, softmax_w, softmax_b)
+  # The original applies its 1x1 conv to [B, L, width] (one 1 x L image per
+  # sequence); [N, 1, width] gives the same values, but the atrous and conv2d
+  # kernels run N one-pixel images several times slower.
+  sequences = vectors if vectors.shape.ndims == 3 else tf.expand_dims(
+      vectors, 1)
   logits = heads.full_softmax_logits(
-      tf.expand_dims(vectors, 1), config.item_size,
+      sequences, config.item_size,
       conv_implementation=config.conv_implementation,
       partitions=config.embedding_partitions)
   return tf.reshape(logits, [-1, config.item_size])
@@ -112,9 +117,14 @@ def nextitnet_pretrain(itemseq, config, softmax="sampled", num_sampled=None,
     num_sampled = heads.default_num_sampled(config.item_size)
   hidden, _ = modeling.backbone(itemseq[:, :-1], config)
   output_layer = pretrain_output_layer(config, softmax)
-  vectors = tf.reshape(hidden, [-1, config.hidden_size])
-  loss = item_loss(vectors, tf.reshape(itemseq[:, 1:], [-1]), config,
-                   output_layer, num_sampled, seed)
+  if output_layer is None and config.conv_implementation != "matmul":
+    # The full softmax's conv over whole sequences, as the original.
+    loss = heads.full_softmax_loss(item_logits(hidden, config, None),
+                                   tf.reshape(itemseq[:, 1:], [-1]))
+  else:
+    loss = item_loss(tf.reshape(hidden, [-1, config.hidden_size]),
+                     tf.reshape(itemseq[:, 1:], [-1]), config, output_layer,
+                     num_sampled, seed)
   last_logits = item_logits(modeling.last_position(hidden), config,
                             output_layer)
   return {"loss": loss, "hidden": hidden, "last_logits": last_logits}
