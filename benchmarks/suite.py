@@ -70,8 +70,7 @@ def main(argv):
   print("\nbenchmarks of preset %s: %s" % (FLAGS.preset, ", ".join(
       "%s %.0f s" % item for item in results["seconds"].items())))
   if FLAGS.json_output:
-    with open(FLAGS.json_output, "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True, default=str)
+    workloads.write_json(FLAGS.json_output, results)
 
 
 if __name__ == "__main__":

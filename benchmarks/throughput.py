@@ -40,7 +40,6 @@ os.environ.setdefault("TF_OVERRIDE_GLOBAL_THREADPOOL", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import gc
-import json
 import platform
 import shutil
 import subprocess
@@ -345,8 +344,7 @@ def main(argv):
   print(format_tables(results["summary"]))
   sys.stdout.flush()
   if FLAGS.json_output:
-    with open(FLAGS.json_output, "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True, default=str)
+    workloads.write_json(FLAGS.json_output, results)
 
 
 if __name__ == "__main__":

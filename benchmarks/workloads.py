@@ -193,8 +193,13 @@ def report(title, table, json_output=None, results=None):
   print("\n%s\n" % title)
   print(table)
   if json_output:
-    with open(json_output, "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True, default=str)
+    write_json(json_output, results)
+
+
+def write_json(path, results):
+  """A benchmark's results as indented JSON (numpy values as text)."""
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2, sort_keys=True, default=str)
 
 
 def write_backbone_checkpoint(preset, causal, directory):
