@@ -38,7 +38,9 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
-    exec "$VENV/bin/python" -m pytest -q --durations=15 tests "$@"
+    # One worker per core (pytest-xdist): graph building and process start-up
+    # are single-threaded, so two workers keep both cores busy. -n 0: one.
+    exec "$VENV/bin/python" -m pytest -q -n auto --durations=15 tests "$@"
     ;;
   bench)
     ensure_venv
