@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import tensorflow as tf
 
 import data_loader
 from tests.conftest import SHARED_DATA_DIR, require_path
@@ -108,6 +109,69 @@ def test_movielens_csvs_convert_to_tfrecords(tmp_path):
   assert fine["target_frequencies"] == [0, 1, 2]
   assert fine["num_unknown_items"] == 0
   data_loader.load_metadata(str(tmp_path / "gender"))
+
+
+def test_earlier_windows_end_stride_apart_and_keep_min_items():
+  items = [str(i) for i in range(1, 12)]  # 11 items
+  assert movielens.earlier_windows(items, 4, 3, 2) == [
+      ["5", "6", "7", "8"], ["2", "3", "4", "5"], ["1", "2"]]
+  assert movielens.earlier_windows(items, 4, 3, 3) == [
+      ["5", "6", "7", "8"], ["2", "3", "4", "5"]]
+  assert movielens.earlier_windows(items[:3], 4, 3, 1) == []
+  with pytest.raises(ValueError):
+    movielens.earlier_windows(items, 4, 0, 1)
+
+
+def _records(directory, split, seq_length):
+  features = {"itemseq": tf.io.FixedLenFeature([seq_length], tf.int64)}
+  return [tuple(tf.io.parse_single_example(r, features)["itemseq"].numpy())
+          for r in tf.data.TFRecordDataset(
+              os.path.join(directory, split + ".tfrecord"))]
+
+
+def test_pretrain_windows_join_the_training_split_only(tmp_path):
+  ratings = write_gz(tmp_path / "ratings.dat.gz", ML1M_RATINGS)
+  users = tmp_path / "users.dat"
+  users.write_text(ML1M_USERS)
+  csvs = str(tmp_path / "csv")
+  stats = movielens.convert_movielens(ratings, str(users), csvs,
+                                      max_seq_length=3, min_history=2,
+                                      pretrain_window_stride=1)
+  # User 1 (10 20 40 30 50): last 3 in pretrain.csv; windows ending 1, 2,
+  # 3 items earlier keep >= 2 items. User 2 (11 12) has none; user 3
+  # (13 14 15) one.
+  assert lines(os.path.join(csvs, "pretrain.csv")) == [
+      "40,30,50", "0,11,12", "13,14,15"]
+  assert lines(os.path.join(csvs, movielens.WINDOWS_CSV)) == [
+      "20,40,30", "10,20,40", "0,10,20", "0,13,14"]
+  assert stats["num_pretrain_windows"] == 4
+  assert lines(os.path.join(csvs, "finetune_gender.csv"))[0] == "40,30,50,,F"
+  out = str(tmp_path / "pre")
+  metadata = convert_csv.convert(
+      "pretrain", os.path.join(csvs, "pretrain.csv"), out, test_fraction=0.34,
+      train_only_csv=os.path.join(csvs, movielens.WINDOWS_CSV),
+      print_summary=False)
+  vocab = data_loader.Vocabulary.load(os.path.join(out, "item_vocab.txt"))
+  def ids(line):
+    return tuple(vocab.transform([line.split(",")], 3)[0])
+  test = _records(out, "test", 3)
+  train = _records(out, "train", 3)
+  users_lines = [ids(l) for l in lines(os.path.join(csvs, "pretrain.csv"))]
+  window_lines = [ids(l) for l in
+                  lines(os.path.join(csvs, movielens.WINDOWS_CSV))]
+  # One held-out user line; every window and the other two users train.
+  assert len(test) == 1 and test[0] in users_lines
+  assert sorted(train) == sorted([l for l in users_lines if l != test[0]] +
+                                 window_lines)
+  assert metadata["num_train_only_sequences"] == 4
+  assert metadata["num_train"] == 6 and metadata["num_test"] == 1
+  # Item 10 is only in a window, and has an id.
+  assert "10" in vocab
+  with pytest.raises(ValueError, match="train_only_csv"):
+    convert_csv.convert("pretrain", os.path.join(csvs, "pretrain.csv"),
+                        str(tmp_path / "hash"), split_method="hash",
+                        train_only_csv=os.path.join(csvs,
+                                                    movielens.WINDOWS_CSV))
 
 
 def test_movielens_bad_line_leaves_nothing(tmp_path):

@@ -145,28 +145,42 @@ def _warn_if_header(input_csv, token_lists, skip_header):
 
 def _convert_pretrain(input_files, out, num_shards, test_fraction,
                       split_seed, subsessions, subsession_min_length,
-                      pad_token, skip_header, min_item_count, max_vocab_size):
-  """Reads, splits and writes a pretraining dataset; returns metadata."""
+                      pad_token, skip_header, min_item_count, max_vocab_size,
+                      train_only_files=()):
+  """Reads, splits and writes a pretraining dataset; returns metadata.
+
+  The lines of `train_only_files` join the training split after the split
+  (and share the vocabulary): the held-out lines are drawn from
+  `input_files` only.
+  """
   sequences = _read_lines(data_loader.read_pretrain_csv, input_files,
                           skip_header)
   _warn_if_header(input_files[0], sequences, skip_header)
+  train_only = (_read_lines(data_loader.read_pretrain_csv, train_only_files,
+                            skip_header) if train_only_files else [])
+  every_line = sequences + train_only
   vocab = data_loader.Vocabulary().fit(
-      sequences, min_count=min_item_count, max_size=max_vocab_size or None,
+      every_line, min_count=min_item_count, max_size=max_vocab_size or None,
       keep=(pad_token,))
-  num_unknown, num_unknown_types = vocab.count_unknown(sequences)
+  num_unknown, num_unknown_types = vocab.count_unknown(every_line)
   if num_unknown:
     logging.info("vocabulary: %d ids; %d rare items (%d occurrences) map to "
                  "<UNK>", len(vocab), num_unknown_types, num_unknown)
-  seq_length = data_loader.max_length(sequences)
-  num_short = sum(1 for s in sequences if len(s) < seq_length)
+  seq_length = data_loader.max_length(every_line)
+  num_short = sum(1 for s in every_line if len(s) < seq_length)
   if num_short:
     logging.warning(
         "%d of %d lines are shorter than the longest (%d items); they are "
         "right-padded with id 0 as the original does (left-pad them with "
-        "the pad token in the CSV to avoid this)", num_short, len(sequences),
+        "the pad token in the CSV to avoid this)", num_short, len(every_line),
         seq_length)
   rows = vocab.transform(sequences, seq_length)
   train, test = data_loader.split_train_test(rows, test_fraction, split_seed)
+  if train_only:
+    # Permuted together: the lines come in user order, and the training
+    # shuffle buffer is smaller than the file.
+    train = np.concatenate([train, vocab.transform(train_only, seq_length)])
+    train = train[np.random.RandomState(split_seed).permutation(len(train))]
   pad_id = vocab.lookup(pad_token) if pad_token in vocab else None
   num_split_train = len(train)
   if subsessions:
@@ -181,6 +195,7 @@ def _convert_pretrain(input_files, out, num_shards, test_fraction,
       "item_vocab_sha1": vocab.sha1(),
       "seq_length": seq_length,
       "num_sequences": len(sequences),
+      "num_train_only_sequences": len(train_only),
       "num_train_sequences": num_split_train,
       "num_train": len(train),
       "num_test": len(test),
@@ -295,7 +310,7 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
             pad_token="0", skip_header=False, task=None, min_item_count=1,
             max_vocab_size=0, split_method="permutation", num_shards=1,
             num_workers=0, overwrite=False, command=None,
-            print_summary=True):
+            print_summary=True, train_only_csv=None):
   """Converts a CSV into a TFRecord dataset directory.
 
   Args:
@@ -342,6 +357,10 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     overwrite: replace whatever dataset `output_dir` holds.
     command: the command to record; None records this Python call.
     print_summary: print a summary to stdout.
+    train_only_csv: pretrain: more lines (a file, glob or list) that join
+      the training split only, e.g. the earlier windows of each user's
+      history (`tfrecord_tools.movielens --pretrain_window_stride`), so
+      that the held-out lines stay one per user. "permutation" only.
 
   Returns:
     The metadata dict written to `metadata.json`.
@@ -377,6 +396,10 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
                            task not in data_loader.TASKS):
     raise ValueError("task applies to finetune only and must be one of %s, "
                      "got %r" % (data_loader.TASKS, task))
+  if train_only_csv and (kind != data_loader.PRETRAIN or
+                         split_method != "permutation"):
+    raise ValueError("train_only_csv applies to pretrain with "
+                     "split_method=permutation only")
   if kind == data_loader.FINETUNE:
     if subsessions:
       raise ValueError("subsessions apply to pretrain only")
@@ -400,8 +423,9 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
         subsession_min_length=subsession_min_length, pad_token=pad_token,
         skip_header=skip_header, task=task, min_item_count=min_item_count,
         max_vocab_size=max_vocab_size, split_method=split_method,
-        num_shards=num_shards)
+        num_shards=num_shards, train_only_csv=train_only_csv)
   input_files = _input_files(input_csv)
+  train_only_files = _input_files(train_only_csv) if train_only_csv else []
   if item_vocab:
     data_loader.check_input_file(item_vocab, "item vocabulary file")
   options = {"test_fraction": test_fraction, "split_seed": split_seed,
@@ -418,6 +442,9 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
     if min_item_count != 1 or max_vocab_size:
       options.update(min_item_count=min_item_count,
                      max_vocab_size=max_vocab_size)
+    if train_only_files:
+      options["train_only_csv_sha1"] = [data_loader.file_sha1(path)
+                                        for path in train_only_files]
   else:
     options.update(split_by=split_by,
                    refit_source_vocab=bool(refit_source_vocab),
@@ -444,7 +471,7 @@ def convert(kind, input_csv, output_dir, item_vocab=None,
                                    test_fraction, split_seed, subsessions,
                                    subsession_min_length, pad_token,
                                    skip_header, min_item_count,
-                                   max_vocab_size)
+                                   max_vocab_size, train_only_files)
     else:
       metadata = _convert_finetune(input_files, out, num_shards, item_vocab,
                                    refit_source_vocab, test_fraction,
@@ -576,6 +603,10 @@ def define_flags():
   flags.DEFINE_enum("split_by", "row", list(data_loader.SPLIT_BY),
                     "finetune: split the (user, target) rows (the "
                     "original's) or the users (no user in both splits).")
+  flags.DEFINE_string("train_only_csv", None,
+                      "pretrain: more lines for the training split only "
+                      "(e.g. the earlier windows of each user's history); "
+                      "the held-out lines come from --input_csv.")
   flags.DEFINE_bool("subsessions", False,
                     "pretrain: add subsessions of the training sequences.")
   flags.DEFINE_integer("subsession_min_length", 5,
@@ -625,6 +656,7 @@ def main(argv):
             max_vocab_size=FLAGS.max_vocab_size,
             split_method=FLAGS.split_method, num_shards=FLAGS.num_shards,
             num_workers=FLAGS.num_workers, overwrite=FLAGS.overwrite,
+            train_only_csv=FLAGS.train_only_csv,
             command=common.command_line("tfrecord_tools.convert_csv"))
   except (ValueError, OSError) as e:
     sys.exit("error: %s" % e)

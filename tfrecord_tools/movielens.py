@@ -17,6 +17,13 @@ Writes into --output_dir (each through a temporary name):
                        45 (45-49), 50 (50-55), 56 (56+). ML-100K ages in
                        years are mapped to these buckets.
   stats.json           the statistics printed at the end.
+  pretrain_windows.csv with --pretrain_window_stride=S > 0 only: the earlier
+                       windows of each user's whole history, in the same
+                       format: the --max_seq_length items ending S, 2S, ...
+                       items before the last, while a window keeps at least
+                       --min_history items. Meant for the training split
+                       only (`convert_csv --train_only_csv`), so that a
+                       held-out line stays one per user.
 
 Time order: ratings are sorted by (timestamp, movie id). MovieLens has many
 ratings in the same second by the same user (52.9% in ML-1M), and
@@ -45,6 +52,7 @@ PRETRAIN_CSV = "pretrain.csv"
 GENDER_CSV = "finetune_gender.csv"
 AGE_CSV = "finetune_age.csv"
 STATS_JSON = "stats.json"
+WINDOWS_CSV = "pretrain_windows.csv"
 OUTPUTS = (PRETRAIN_CSV, GENDER_CSV, AGE_CSV, STATS_JSON)
 
 AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)  # ML-1M codes, lower bounds
@@ -140,11 +148,26 @@ def user_sequences(ratings, min_history=5, min_rating=0):
   return sequences
 
 
+def earlier_windows(items, max_seq_length, stride, min_items):
+  """The windows of `items` that end `stride`, 2 `stride`, ... items before
+  its end, each its last `max_seq_length` items, while one keeps at least
+  `min_items` items; most recent first."""
+  if stride <= 0 or max_seq_length <= 0:
+    raise ValueError("stride and max_seq_length must be > 0, got %d and %d"
+                     % (stride, max_seq_length))
+  ends = range(len(items) - stride, max(min_items, 1) - 1, -stride)
+  return [items[max(end - max_seq_length, 0):end] for end in ends]
+
+
 def convert_movielens(ratings_path, users_path, output_dir, max_seq_length=50,
                       min_history=5, min_rating=0, pad_token="0",
-                      overwrite=False):
-  """Writes the three CSVs and stats.json; returns the statistics dict."""
-  common.check_csv_outputs(output_dir, OUTPUTS, overwrite)
+                      overwrite=False, pretrain_window_stride=0):
+  """Writes the three CSVs and stats.json (and with `pretrain_window_stride`,
+  pretrain_windows.csv); returns the statistics dict."""
+  if pretrain_window_stride and max_seq_length <= 0:
+    raise ValueError("pretrain_window_stride needs max_seq_length > 0")
+  outputs = OUTPUTS + ((WINDOWS_CSV,) if pretrain_window_stride else ())
+  common.check_csv_outputs(output_dir, outputs, overwrite)
   progress = common.ProgressLogger("reading %s" % ratings_path)
   ratings = read_ratings(ratings_path, progress.lines)
   users = read_users(users_path)
@@ -160,7 +183,18 @@ def convert_movielens(ratings_path, users_path, output_dir, max_seq_length=50,
   age_counts = collections.Counter()
   items = set()
   lengths = []
+  num_windows = 0
   with common.AtomicOutputs(output_dir) as out:
+    if pretrain_window_stride:
+      with open(out.path(WINDOWS_CSV), "w", encoding="utf-8") as windows:
+        for movie_ids in sequences.values():
+          for window in earlier_windows([str(i) for i in movie_ids],
+                                        max_seq_length,
+                                        pretrain_window_stride, min_history):
+            items.update(window)
+            windows.write(",".join(common.pad_sequence(
+                window, max_seq_length, pad_token)) + "\n")
+            num_windows += 1
     with open(out.path(PRETRAIN_CSV), "w", encoding="utf-8") as pre, \
         open(out.path(GENDER_CSV), "w", encoding="utf-8") as gender_csv, \
         open(out.path(AGE_CSV), "w", encoding="utf-8") as age_csv:
@@ -191,6 +225,8 @@ def convert_movielens(ratings_path, users_path, output_dir, max_seq_length=50,
         "min_history": min_history,
         "min_rating": min_rating,
         "pad_token": pad_token,
+        "pretrain_window_stride": pretrain_window_stride,
+        "num_pretrain_windows": num_windows,
         "num_finetune_users": sum(gender_counts.values()),
         "gender_counts": dict(sorted(gender_counts.items())),
         "age_counts": dict(sorted(age_counts.items(), key=lambda kv: int(
@@ -209,6 +245,10 @@ def define_flags():
                        "padding).")
   flags.DEFINE_integer("min_history", 5,
                        "Drop users with fewer ratings than this.")
+  flags.DEFINE_integer("pretrain_window_stride", 0,
+                       "With S > 0, also write pretrain_windows.csv: the "
+                       "earlier windows of each user's whole history, S "
+                       "items apart (for convert_csv --train_only_csv).")
   flags.DEFINE_integer("min_rating", 0,
                        "Keep ratings >= this (0: all, 4: liked only).")
   common.define_csv_output_flags()
@@ -226,6 +266,10 @@ def main(argv):
                                stats["min_history"], stats["num_items"],
                                stats["num_interactions_kept"]))
   print("  sequence length (before padding): %s" % stats["sequence_length"])
+  if stats["pretrain_window_stride"]:
+    print("  %s: %d earlier windows (stride %d)" % (
+        WINDOWS_CSV, stats["num_pretrain_windows"],
+        stats["pretrain_window_stride"]))
   print("  gender: %s; age buckets: %s" % (stats["gender_counts"],
                                            stats["age_counts"]))
 
