@@ -46,10 +46,15 @@ ML1M_USERS = """1::F::1::10::48067
 """
 
 
-def test_movielens_1m_format(tmp_path):
-  ratings = write_gz(tmp_path / "ratings.dat.gz", ML1M_RATINGS)
+def write_ml1m(tmp_path):
+  """(ratings.dat.gz path, users.dat path) of the small ML-1M files."""
   users = tmp_path / "users.dat"
   users.write_text(ML1M_USERS)
+  return write_gz(tmp_path / "ratings.dat.gz", ML1M_RATINGS), users
+
+
+def test_movielens_1m_format(tmp_path):
+  ratings, users = write_ml1m(tmp_path)
   out = str(tmp_path / "out")
   stats = movielens.convert_movielens(ratings, str(users), out,
                                       max_seq_length=4, min_history=3)
@@ -90,9 +95,7 @@ def test_movielens_100k_format_and_age_buckets(tmp_path):
 
 
 def test_movielens_csvs_convert_to_tfrecords(tmp_path):
-  ratings = write_gz(tmp_path / "ratings.dat.gz", ML1M_RATINGS)
-  users = tmp_path / "users.dat"
-  users.write_text(ML1M_USERS)
+  ratings, users = write_ml1m(tmp_path)
   csvs = str(tmp_path / "csv")
   movielens.convert_movielens(ratings, str(users), csvs, 5, 2)
   pre = convert_csv.convert("pretrain", os.path.join(csvs, "pretrain.csv"),
@@ -130,9 +133,7 @@ def _records(directory, split, seq_length):
 
 
 def test_pretrain_windows_join_the_training_split_only(tmp_path):
-  ratings = write_gz(tmp_path / "ratings.dat.gz", ML1M_RATINGS)
-  users = tmp_path / "users.dat"
-  users.write_text(ML1M_USERS)
+  ratings, users = write_ml1m(tmp_path)
   csvs = str(tmp_path / "csv")
   stats = movielens.convert_movielens(ratings, str(users), csvs,
                                       max_seq_length=3, min_history=2,
