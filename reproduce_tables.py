@@ -767,7 +767,8 @@ def task_columns(task, top_k=5):
 
 def format_table(tasks, rows, records, digits=4, top_k=5):
   """The markdown table: rows = methods and calibration rows, columns = task
-  metrics as mean +- sd over the seeds, + the trainable percentage.
+  metrics as mean +- sd over the seeds (the value alone for one seed: it
+  has no standard deviation), + the trainable percentage.
 
   Args:
     tasks: [Task].
@@ -799,8 +800,11 @@ def format_table(tasks, rows, records, digits=4, top_k=5):
           values.append("-")
         else:
           cell = record["test"][key]
-          values.append("%.*f ± %.*f" % (digits, cell["mean"], digits,
-                                         cell["sd"]))
+          if len(cell["values"]) < 2:
+            values.append("%.*f" % (digits, cell["mean"]))
+          else:
+            values.append("%.*f ± %.*f" % (digits, cell["mean"], digits,
+                                           cell["sd"]))
     if label is None:
       continue
     if not percents:
@@ -1080,9 +1084,11 @@ def reproduce(dataset, output_dir, data_root=None, pretrain_csv=None,
                "/".join(encoders), pretrain_settings["channels"],
                pretrain_settings["num_train_steps"]))
   notes = [
-      "Mean ± sample standard deviation over seeds %s (initialisation, "
-      "shuffling, negatives); the standard error of a mean is sd/sqrt(%d)."
-      % (seeds, len(seeds)),
+      ("Mean ± sample standard deviation over seeds %s (initialisation, "
+       "shuffling, negatives); the standard error of a mean is sd/sqrt(%d)."
+       % (seeds, len(seeds))) if len(seeds) > 1 else
+      ("One seed (%d): no standard deviation or standard error; "
+       "--seeds=1,2,3 gives them." % seeds[0]),
       "Protocol: %d%% of the training users are a validation split (seed "
       "%d); every run keeps its best validation checkpoint (validated every "
       "%s steps, at most %d steps, %s); each row's learning rate is the one "

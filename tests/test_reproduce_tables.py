@@ -151,6 +151,19 @@ def test_command_line_flags_parse():
                     finetune_csvs=["a.csv"], classification_tasks=["g"])
 
 
+def test_one_seed_shows_no_standard_deviation():
+  task = rt.Task("gender", "classification", "unused.csv")
+  def records(values):
+    return {"gender": {"fineall": {
+        "label": "FineAll", "trainable_percent": 100.0,
+        "test": rt.summarize_seeds([{"accuracy": v} for v in values],
+                                   ["accuracy"])}}}
+  one = rt.format_table([task], ["fineall"], records([0.75]))
+  assert one.splitlines()[-1] == "| FineAll | 0.7500 | 100.00 |"
+  two = rt.format_table([task], ["fineall"], records([0.7, 0.8]))
+  assert two.splitlines()[-1] == "| FineAll | 0.7500 ± 0.0707 | 100.00 |"
+
+
 def test_same_configuration_treats_missing_keys_as_defaults():
   defaults = {"lr": 0.001, "new_option": False}
   recorded = {"lr": 0.001, "method": "peterrec"}  # before new_option existed
