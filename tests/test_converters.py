@@ -4,9 +4,9 @@ import json
 import os
 
 import pytest
-import tensorflow as tf
 
 import data_loader
+from tests import test_pretrain
 from tests.conftest import SHARED_DATA_DIR, require_path
 from tfrecord_tools import amazon
 from tfrecord_tools import convert_csv
@@ -125,13 +125,6 @@ def test_earlier_windows_end_stride_apart_and_keep_min_items():
     movielens.earlier_windows(items, 4, 0, 1)
 
 
-def _records(directory, split, seq_length):
-  features = {"itemseq": tf.io.FixedLenFeature([seq_length], tf.int64)}
-  return [tuple(tf.io.parse_single_example(r, features)["itemseq"].numpy())
-          for r in tf.data.TFRecordDataset(
-              os.path.join(directory, split + ".tfrecord"))]
-
-
 def test_pretrain_windows_join_the_training_split_only(tmp_path):
   ratings, users = write_ml1m(tmp_path)
   csvs = str(tmp_path / "csv")
@@ -155,8 +148,9 @@ def test_pretrain_windows_join_the_training_split_only(tmp_path):
   vocab = data_loader.Vocabulary.load(os.path.join(out, "item_vocab.txt"))
   def ids(line):
     return tuple(vocab.transform([line.split(",")], 3)[0])
-  test = _records(out, "test", 3)
-  train = _records(out, "train", 3)
+  paths = data_loader.load_metadata(out)["paths"]
+  test = [tuple(r) for r in test_pretrain.read_itemseq(paths["test"], 3)]
+  train = [tuple(r) for r in test_pretrain.read_itemseq(paths["train"], 3)]
   users_lines = [ids(l) for l in lines(os.path.join(csvs, "pretrain.csv"))]
   window_lines = [ids(l) for l in
                   lines(os.path.join(csvs, movielens.WINDOWS_CSV))]
